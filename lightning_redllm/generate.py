@@ -1,0 +1,187 @@
+"""Batched generation for both families: greedy / temperature / top-k / top-p, EOS stop, KV cache.
+
+Prompts of different lengths are batched together:
+
+* DecLLM: prompts are left-padded; an attention mask hides the padding keys and RoPE positions
+  start at 0 on each prompt's first real token, so every row computes exactly what it would alone.
+  ``bos`` is prepended, matching training (every training sequence starts with ``bos``).
+* RedLLM: prompts go right-padded into the encoder (with their lengths); the decoder starts from
+  ``bos`` at position ``k`` (the prompt length) and the cross-attention K/V are computed once.
+
+With ``use_cache=False`` every step re-runs the whole sequence; the tokens are identical to the
+cached path (tested), which is the point of keeping that slow path around.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from .models import DecLLM, RedLLM
+from .models.base import LanguageModel
+
+
+@dataclass
+class SamplingOptions:
+    """How to pick each next token.
+
+    Args:
+        max_new_tokens: upper bound on generated tokens per prompt.
+        temperature: 0 = greedy; > 0 scales the logits before sampling.
+        top_k: keep only the k most likely tokens (None = all).
+        top_p: nucleus sampling, keep the smallest set with cumulative probability >= top_p, in (0, 1].
+        seed: seed of the sampling generator (None = torch's global RNG).
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if self.temperature < 0 or self.temperature != self.temperature:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def sample_next(logits: torch.Tensor, opts: SamplingOptions, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """logits (B, V) -> next token ids (B,)."""
+    logits = logits.float()
+    if opts.temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits / opts.temperature
+    if opts.top_k is not None and opts.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, opts.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if opts.top_p is not None and opts.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the mass before it already reaches top_p (the top token always stays)
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= opts.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]]) -> None:
+    if len(prompts) == 0:
+        raise ValueError("generate needs at least one prompt")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+
+
+def _finish(tokens: torch.Tensor, eos_id: Optional[int]) -> list[list[int]]:
+    out = []
+    for row in tokens.tolist():
+        if eos_id is not None and eos_id in row:
+            row = row[: row.index(eos_id)]
+        out.append(row)
+    return out
+
+
+@torch.no_grad()
+def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], *, bos_id: int,
+             eos_id: Optional[int], pad_id: int = 0, options: Optional[SamplingOptions] = None,
+             use_cache: bool = True, add_bos: bool = True) -> list[list[int]]:
+    """Generate continuations (token ids, EOS excluded) for a batch of token-id prompts."""
+    opts = options or SamplingOptions()
+    _check_prompts(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        gen = None
+        device = model.embed.weight.device
+        if opts.seed is not None:
+            gen = torch.Generator(device=device).manual_seed(opts.seed)
+        if isinstance(model, RedLLM):
+            tokens = _generate_redllm(model, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen)
+        elif isinstance(model, DecLLM):
+            tokens = _generate_decllm(model, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos)
+        else:
+            raise ValueError(f"generate supports DecLLM and RedLLM, got {type(model).__name__}")
+    finally:
+        model.train(was_training)
+    return _finish(tokens, eos_id)
+
+
+def _step_done(next_tok: torch.Tensor, done: torch.Tensor, eos_id: Optional[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    next_tok = torch.where(done, torch.full_like(next_tok, pad_id), next_tok)
+    if eos_id is not None:
+        done = done | (next_tok == eos_id)
+    return next_tok, done
+
+
+def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos) -> torch.Tensor:
+    device = model.embed.weight.device
+    rows = [([bos_id] if add_bos else []) + list(p) for p in prompts]
+    b, p_len = len(rows), max(len(r) for r in rows)
+    ids = torch.full((b, p_len), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((b, p_len), dtype=torch.bool, device=device)
+    for i, r in enumerate(rows):  # left padding
+        ids[i, p_len - len(r):] = torch.tensor(r, dtype=torch.long, device=device)
+        mask[i, p_len - len(r):] = True
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    out = []
+    cache = model.init_cache(b, p_len + opts.max_new_tokens) if use_cache else None
+    logits = model(ids, attention_mask=mask, cache=cache, return_logits=True).logits[:, -1]
+    for step in range(opts.max_new_tokens):
+        nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
+        out.append(nxt)
+        if bool(done.all()) or step == opts.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.bool, device=device)], dim=1)
+        if use_cache:
+            logits = model(nxt.unsqueeze(1), attention_mask=mask, cache=cache, return_logits=True).logits[:, -1]
+        else:
+            ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
+            logits = model(ids, attention_mask=mask, return_logits=True).logits[:, -1]
+    return torch.stack(out, dim=1)
+
+
+def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen) -> torch.Tensor:
+    device = model.embed.weight.device
+    b, s = len(prompts), max(len(p) for p in prompts)
+    enc_ids = torch.full((b, s), pad_id, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):  # right padding
+        enc_ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long, device=device)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+    enc = model.encode(enc_ids, lengths)
+    dec = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    cache = model.init_cache(b, opts.max_new_tokens + 1) if use_cache else None
+    logits = model.decode(dec, enc, cache=cache, return_logits=True).logits[:, -1]
+    out = []
+    for step in range(opts.max_new_tokens):
+        nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
+        out.append(nxt)
+        if bool(done.all()) or step == opts.max_new_tokens - 1:
+            break
+        if use_cache:
+            logits = model.decode(nxt.unsqueeze(1), enc, cache=cache, return_logits=True).logits[:, -1]
+        else:
+            dec = torch.cat([dec, nxt.unsqueeze(1)], dim=1)
+            logits = model.decode(dec, enc, return_logits=True).logits[:, -1]
+    return torch.stack(out, dim=1)
+
+
+def generate_text(model: LanguageModel, tokenizer, prompts: Sequence[str], *,
+                  options: Optional[SamplingOptions] = None, use_cache: bool = True) -> list[str]:
+    """String in, string out, with a ``lightning_redllm.tokenizer.Tokenizer``."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    ids = [tokenizer.encode(p) for p in prompts]
+    for i, (text, row) in enumerate(zip(prompts, ids)):
+        if not row:
+            raise ValueError(f"prompt {i} ({text!r}) is empty after tokenization")
+    out = generate(model, ids, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                   options=options, use_cache=use_cache)
+    return [tokenizer.decode(o) for o in out]

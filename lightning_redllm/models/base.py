@@ -1,0 +1,111 @@
+"""What both families share: the tied embedding, initialization, input checks and the LM loss.
+
+Shapes: B batch, T decoder/target length, S encoder length, C d_model, V vocab.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..nn import IGNORE_INDEX, RMSNorm, RotaryEmbedding, linear_cross_entropy
+
+
+@dataclass
+class ModelOutput:
+    """``logits`` (B, T, V) are returned when asked for or when there are no labels; the loss
+    fields are set when labels are given (see ``nn.loss.LossOutput``)."""
+
+    logits: Optional[torch.Tensor] = None
+    loss: Optional[torch.Tensor] = None
+    nll: Optional[torch.Tensor] = None
+    z: Optional[torch.Tensor] = None
+    correct: Optional[torch.Tensor] = None
+    num_tokens: Optional[torch.Tensor] = None
+
+
+class LanguageModel(nn.Module):
+    """Base of ``DecLLM`` and ``RedLLM``: one embedding matrix serves as every input embedding and
+    as the output projection (``logits = h @ E^T``).
+
+    Initialization (``init_weights``): embedding and every input projection ~ N(0, init_std);
+    the projections that write into the residual stream (attention ``o_proj``, MLP ``down_proj``)
+    ~ N(0, init_std / sqrt(2 * n_blocks)) so the residual variance stays O(1) with depth
+    (GPT-2 / OLMo convention); RMSNorm scales = 1.
+    """
+
+    #: Check token ids against the vocabulary on every forward (costs one device sync).
+    validate_inputs: bool = True
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.max_seq_len)
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        cfg = self.config
+        std = cfg.init_std
+        out_std = std / math.sqrt(2 * cfg.n_blocks)
+        nn.init.normal_(self.embed.weight, mean=0.0, std=std)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_out = name.endswith("o_proj") or name.endswith("down_proj")
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
+            elif isinstance(module, RMSNorm):
+                module.reset_parameters()
+
+    # ------------------------------------------------------------------ checks
+    def _check_ids(self, name: str, ids: torch.Tensor) -> None:
+        if not isinstance(ids, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+        if ids.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+        if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+            raise ValueError(f"{name} must have shape (batch, length) with both > 0, got {tuple(ids.shape)}")
+        if self.validate_inputs and not torch.compiler.is_compiling():
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"{name} contains token id {bad} outside the model vocabulary [0, {self.config.vocab_size})"
+                )
+
+    def _check_labels(self, labels: torch.Tensor, like: torch.Tensor) -> None:
+        if labels.shape != like.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} must equal the input shape {tuple(like.shape)}")
+        if labels.dtype != torch.long:
+            raise ValueError(f"labels must be torch.long, got {labels.dtype}")
+        if self.validate_inputs and not torch.compiler.is_compiling():
+            bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.config.vocab_size))]
+            if bad.numel():
+                raise ValueError(
+                    f"labels contain id {int(bad[0])} outside [0, {self.config.vocab_size}) (use {IGNORE_INDEX} to ignore)"
+                )
+
+    # ------------------------------------------------------------------ head / loss
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, V) with the tied embedding matrix."""
+        return hidden @ self.embed.weight.t()
+
+    def lm_output(self, hidden: torch.Tensor, labels: Optional[torch.Tensor], z_loss: float,
+                  return_logits: Optional[bool]) -> ModelOutput:
+        if return_logits is None:
+            return_logits = labels is None
+        out = ModelOutput()
+        if labels is not None:
+            res = linear_cross_entropy(hidden, self.embed.weight, labels, z_loss=z_loss,
+                                       chunk=self.config.loss_chunk_tokens)
+            out.loss, out.nll, out.z, out.correct, out.num_tokens = res.loss, res.nll, res.z, res.correct, res.num_tokens
+        if return_logits:
+            out.logits = self.lm_logits(hidden)
+        return out
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
