@@ -1,0 +1,92 @@
+"""Subcommands beyond Lightning's: ``generate`` and ``export``.
+
+Each takes its own argv (argparse) so ``python -m lightning_redllm generate --help`` documents it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .config import ModelConfig
+from .generate import SamplingOptions, generate_text
+from .models import LanguageModel, build_model
+from .modules.checkpoint import check_compatible, load_lightning_checkpoint, load_weights, save_safetensors
+from .tokenizer import Tokenizer, load_tokenizer
+
+
+def load_for_inference(ckpt: str | Path, tokenizer: Optional[str] = None,
+                       device: str = "cpu") -> tuple[LanguageModel, Tokenizer, ModelConfig]:
+    """Model (eval mode), tokenizer and config from a Lightning checkpoint or safetensors file."""
+    ckpt = Path(ckpt)
+    state, cfg_dict = load_weights(ckpt)
+    if cfg_dict is None:
+        raise ValueError(f"{ckpt} holds no model config; export it with `python -m lightning_redllm export`")
+    cfg = ModelConfig.from_dict(cfg_dict)
+    tok_name = tokenizer
+    if tok_name is None and ckpt.suffix == ".ckpt":
+        tok_name = load_lightning_checkpoint(ckpt).get("hyper_parameters", {}).get("tokenizer")
+    if tok_name is None:
+        raise ValueError(f"no tokenizer recorded in {ckpt}; pass --tokenizer")
+    tok = load_tokenizer(tok_name)
+    tok.check_fits(cfg.vocab_size)
+    model = build_model(cfg)
+    check_compatible(cfg, cfg_dict, state, model, ckpt)
+    model.load_state_dict(state)
+    return model.to(device).eval(), tok, cfg
+
+
+def generate_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m lightning_redllm generate",
+                                description="Generate text from a checkpoint (RedLLM or DecLLM).")
+    p.add_argument("--ckpt", required=True, help="Lightning .ckpt or exported .safetensors")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for a batch")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path/name (default: the one the run used)")
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no_cache", action="store_true", help="recompute every step (slow; for checking)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    a = p.parse_args(list(argv))
+    opts = SamplingOptions(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                           top_p=a.top_p, seed=a.seed)
+    model, tok, _ = load_for_inference(a.ckpt, a.tokenizer, a.device)
+    outs = generate_text(model, tok, a.prompt, options=opts, use_cache=not a.no_cache)
+    if a.json:
+        print(json.dumps([{"prompt": pr, "output": o} for pr, o in zip(a.prompt, outs)], ensure_ascii=False))
+    else:
+        for pr, o in zip(a.prompt, outs):
+            print(f">>> {pr}\n{o}\n")
+    return 0
+
+
+def export_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m lightning_redllm export",
+                                description="Write a checkpoint's model weights (+config) as one safetensors file.")
+    p.add_argument("--ckpt", required=True, help="Lightning .ckpt file or DeepSpeed checkpoint directory")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    a = p.parse_args(list(argv))
+    state, cfg_dict = load_weights(a.ckpt)
+    if cfg_dict is None:
+        raise ValueError(f"{a.ckpt} holds no model config")
+    cfg = ModelConfig.from_dict(cfg_dict)
+    model = build_model(cfg)
+    check_compatible(cfg, cfg_dict, state, model, a.ckpt)
+    model.load_state_dict(state)
+    out = save_safetensors(model, cfg, a.out)
+    print(f"wrote {out} ({sum(v.numel() for v in state.values()) / 1e6:.2f}M parameters, {cfg.family})")
+    return 0
+
+
+COMMANDS = {
+    "generate": (generate_main, "generate text from a checkpoint"),
+    "export": (export_main, "consolidate a checkpoint into one safetensors file"),
+}
+

@@ -1,0 +1,276 @@
+"""The LightningModule both families share.
+
+A subclass supplies two things:
+
+* :meth:`objective` — turns a data batch (packed ``tokens`` for pretraining, or padded
+  ``inputs``/``targets`` for instruction tuning) into model inputs with ``labels``. This is the one
+  method to override for a new objective (span corruption, another prefix split, ...).
+* :meth:`forward_batch` — calls the model on those inputs.
+
+Everything else — building the model in ``configure_model`` (so DeepSpeed ZeRO-3 / FSDP can shard
+at init), ``init_from`` weights, optimizers and schedules, metrics, throughput/MFU, the non-finite
+loss policy — lives here once.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, Optional
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from ..config import ModelConfig
+from ..models import LanguageModel, ModelOutput, build_model
+from ..tokenizer import Tokenizer, load_tokenizer
+from .checkpoint import check_compatible, load_weights
+from .optim import build_optimizer, lr_multiplier, param_groups
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when ``nan_policy`` says stop (after saving a checkpoint for inspection)."""
+
+
+class LanguageModelModule(L.LightningModule):
+    """Base LightningModule of RedLLM / DecLLM training.
+
+    Args:
+        preset: model preset (``redllm-tiny``, ``decllm-1b``, ...; see ``ModelConfig.from_name``).
+        overrides: ``ModelConfig`` fields to change on top of the preset (e.g. ``{dropout: 0.05}``).
+        tokenizer: tokenizer file or bundled name; gives bos/eos/pad ids and must fit the vocab.
+        init_from: start from these weights (Lightning ``.ckpt``, DeepSpeed checkpoint dir, or
+            ``.safetensors``), without optimizer state; the checkpoint must be the same family/size.
+        z_loss: weight of the z-loss (study: 1e-4 in pretraining, 0 in instruction tuning).
+        optimizer: ``adamw``, ``adafactor`` (unfactored, the study's) or ``torch_adafactor``.
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (matrices only).
+        betas: AdamW betas.
+        schedule: ``cosine`` | ``constant`` | ``inverse_sqrt`` (all with linear warmup).
+        warmup_steps: warmup optimizer steps.
+        decay_steps: length of the cosine decay; default: the trainer's ``max_steps``.
+        min_lr_ratio: LR floor as a fraction of ``lr`` (study: 0.1).
+        nan_policy: on a non-finite loss or gradient: ``skip`` the step (counted and logged as
+            ``train/skipped_steps``) or ``stop`` at once.
+        max_bad_steps: with ``skip``, stop after this many consecutive bad steps. Stopping saves
+            ``nonfinite-step<N>.ckpt`` in the run folder and raises ``NonFiniteLossError``.
+    """
+
+    family: str = ""
+
+    def __init__(self, preset: str = "redllm-tiny", overrides: Optional[dict[str, Any]] = None,
+                 tokenizer: str = "bundled-bpe-4k", init_from: Optional[str] = None, z_loss: float = 1e-4,
+                 optimizer: Literal["adamw", "adafactor", "torch_adafactor"] = "adamw", lr: float = 3e-4,
+                 weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
+                 schedule: Literal["cosine", "constant", "inverse_sqrt"] = "cosine", warmup_steps: int = 100,
+                 decay_steps: Optional[int] = None, min_lr_ratio: float = 0.1,
+                 nan_policy: Literal["skip", "stop"] = "skip", max_bad_steps: int = 10) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = ModelConfig.from_name(preset, **(overrides or {}))
+        if self.family and self.config.family != self.family:
+            raise ValueError(
+                f"{type(self).__name__} trains family {self.family!r} but preset {preset!r} is {self.config.family!r}"
+            )
+        self.tokenizer: Tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer.check_fits(self.config.vocab_size, what=f"model preset {preset!r}")
+        if nan_policy not in ("skip", "stop"):
+            raise ValueError(f"nan_policy must be 'skip' or 'stop', got {nan_policy!r}")
+        if max_bad_steps < 1:
+            raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
+        lr_multiplier(schedule, warmup_steps=warmup_steps, total_steps=1, min_lr_ratio=min_lr_ratio)  # validates
+        build_optimizer(optimizer, [{"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=lr)  # validates name
+        self.model: Optional[LanguageModel] = None
+        self.train_loss = MeanMetric()
+        self.val_nll = MeanMetric()
+        self.val_acc = MeanMetric()
+        self.tokens_seen = 0
+        self.skipped_steps = 0
+        self._bad_streak = 0
+        self.flops_per_batch: Optional[int] = None
+
+    # ------------------------------------------------------------------ model
+    def setup(self, stage: str) -> None:
+        """Refuse data tokenized with another tokenizer, before any heavy work."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        info = getattr(dm, "tokenizer_info", None) if dm is not None else None
+        if not info:
+            return
+        tok = self.tokenizer
+        fp = info.get("fingerprint")
+        if fp and fp != tok.fingerprint:
+            raise ValueError(
+                f"the data shards were tokenized with {info.get('name') or info.get('path')} ({fp}) but the model "
+                f"uses tokenizer {tok.path} ({tok.fingerprint}); set --model.init_args.tokenizer to match the data"
+            )
+        for key in ("bos_id", "eos_id", "pad_id"):
+            if info.get(key) is not None and int(info[key]) != getattr(tok, key):
+                raise ValueError(f"data {key}={info[key]} differs from tokenizer {tok.path} {key}={getattr(tok, key)}")
+        if info.get("vocab_size") is not None and int(info["vocab_size"]) > self.config.vocab_size:
+            raise ValueError(
+                f"data vocab_size {info['vocab_size']} does not fit model vocab_size {self.config.vocab_size}"
+            )
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = build_model(self.config)
+        self.model.init_weights()
+        if self.hparams.init_from:
+            self.load_weights(self.hparams.init_from)
+
+    def load_weights(self, path: str) -> None:
+        """Copy model weights from ``path`` (no optimizer state); refuses another family/size."""
+        state, saved_cfg = load_weights(path)
+        check_compatible(self.config, saved_cfg, state, self.model, path)
+        self.model.load_state_dict(state)
+        log.info("initialized %s weights from %s", self.config.family, path)
+
+    # ------------------------------------------------------------------ to override
+    def objective(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Data batch -> model inputs incl. ``labels`` (-100 = no loss)."""
+        raise NotImplementedError
+
+    def forward_batch(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        """Run the model on the output of :meth:`objective`, returning loss terms."""
+        raise NotImplementedError
+
+    def input_tokens(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Tokens the model processes for this batch (throughput accounting)."""
+        return sum(int(v.numel()) for k, v in inputs.items() if k.endswith("input_ids"))
+
+    def batch_flops(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Training FLOPs of this batch for MFU."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, **inputs: torch.Tensor) -> ModelOutput:
+        return self.forward_batch(inputs)
+
+    def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], ModelOutput]:
+        inputs = self.objective(batch)
+        return inputs, self.forward_batch(inputs)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
+        inputs, out = self._shared_step(batch)
+        self.flops_per_batch = self.batch_flops(inputs)
+        n_tokens = self.input_tokens(inputs)
+        self.tokens_seen += n_tokens * self.trainer.world_size
+        bad = not bool(torch.isfinite(out.loss))
+        bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            self._on_bad_step(f"non-finite loss ({float(out.loss)})")
+            return None
+        self._bad_streak = 0
+        count = out.num_tokens.clamp(min=1)
+        self.log("train/loss", out.loss, prog_bar=True)
+        self.log("train/nll", out.nll)
+        self.log("train/ppl", torch.exp(out.nll.clamp(max=30)))
+        self.log("train/acc", out.correct / count)
+        self.log("train/z", out.z)
+        self.log("train/tokens_seen", float(self.tokens_seen))
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return out.loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(finite), all=False)
+        if bad:
+            # a parameter without .grad is left untouched by AdamW/Adafactor: the step is skipped
+            for p in self.parameters():
+                p.grad = None
+            self._on_bad_step("non-finite gradient")
+
+    def _on_bad_step(self, what: str) -> None:
+        self.skipped_steps += 1
+        self._bad_streak += 1
+        step = self.trainer.global_step
+        limit = 1 if self.hparams.nan_policy == "stop" else self.hparams.max_bad_steps
+        log.warning("step %d: %s; skipped (%d consecutive, %d total)", step, what, self._bad_streak, self.skipped_steps)
+        if self._bad_streak >= limit:
+            path = f"{self.trainer.default_root_dir}/nonfinite-step{step}.ckpt"
+            self.trainer.save_checkpoint(path)
+            raise NonFiniteLossError(
+                f"{what} at step {step} ({self._bad_streak} consecutive bad step(s), nan_policy="
+                f"{self.hparams.nan_policy!r}); checkpoint for inspection saved to {path}"
+            )
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        _, out = self._shared_step(batch)
+        count = out.num_tokens.float()
+        if count > 0:
+            self.val_nll.update(out.nll, weight=count)
+            self.val_acc.update(out.correct / count, weight=count)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_nll.update_count == 0:
+            return
+        nll = self.val_nll.compute()
+        self.log("val/loss", nll, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(nll.clamp(max=30)))
+        self.log("val/acc", self.val_acc.compute())
+        self.val_nll.reset()
+        self.val_acc.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        if self.val_nll.update_count == 0:
+            return
+        nll = self.val_nll.compute()
+        self.log("test/loss", nll)
+        self.log("test/ppl", torch.exp(nll.clamp(max=30)))
+        self.log("test/acc", self.val_acc.compute())
+        self.val_nll.reset()
+        self.val_acc.reset()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per-example mean NLL of the targets (scoring)."""
+        inputs = self.objective(batch)
+        out = self.forward_batch({**inputs, "return_logits": True})
+        labels = inputs["labels"]
+        logp = torch.log_softmax(out.logits.float(), dim=-1)
+        mask = labels != -100
+        tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        return {"nll": -(tok.sum(-1) / mask.sum(-1).clamp(min=1))}
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = build_optimizer(hp.optimizer, param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        total = hp.decay_steps or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0)
+        if hp.schedule == "cosine" and total <= 0:
+            raise ValueError("schedule 'cosine' needs model.decay_steps or trainer.max_steps > 0")
+        fn = lr_multiplier(hp.schedule, warmup_steps=hp.warmup_steps, total_steps=total, min_lr_ratio=hp.min_lr_ratio)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["model_config"] = self.config.to_dict()
+        checkpoint["tokenizer_fingerprint"] = self.tokenizer.fingerprint
+        checkpoint["module_counters"] = {"tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps,
+                                         "bad_streak": self._bad_streak}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("model_config")
+        if saved is not None:
+            other = ModelConfig.from_dict(saved)
+            if other.family != self.config.family:
+                raise ValueError(
+                    f"checkpoint holds a {other.family} model but this run trains {self.config.family}"
+                )
+        counters = checkpoint.get("module_counters", {})
+        self.tokens_seen = int(counters.get("tokens_seen", 0))
+        self.skipped_steps = int(counters.get("skipped_steps", 0))
+        self._bad_streak = int(counters.get("bad_streak", 0))
+
+
+__all__ = ["LanguageModelModule", "NonFiniteLossError"]

@@ -1,0 +1,121 @@
+"""Reading model weights from the three places a stage can start from, and writing safetensors.
+
+* a Lightning checkpoint file (``*.ckpt``), read with ``torch.load(weights_only=True)``;
+* a DeepSpeed checkpoint directory (ZeRO shards; needs ``deepspeed`` to consolidate);
+* a consolidated ``*.safetensors`` file whose metadata holds the model config as JSON.
+
+Every loader returns the bare model state dict (keys as in ``DecLLM``/``RedLLM``) and the saved
+``ModelConfig`` dict when the file has one; :func:`check_compatible` then refuses a checkpoint of
+the other family or another size with an error naming the file and the differing keys.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..config import ModelConfig
+
+#: fields that decide the parameter shapes; a checkpoint must agree on all of them
+SHAPE_KEYS = ("family", "vocab_size", "d_model", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
+              "n_layers", "n_encoder_layers", "n_decoder_layers")
+CONFIG_METADATA_KEY = "lightning_redllm.model_config"
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    if any(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return dict(state)
+
+
+def load_lightning_checkpoint(path: Path) -> dict[str, Any]:
+    """The raw checkpoint dict, loaded without unpickling arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
+    """(model state dict, saved model config dict or None) from a ckpt file, DeepSpeed dir or safetensors."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"init_from checkpoint not found: {path}")
+    if path.is_dir():
+        return _load_deepspeed_dir(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        cfg = json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
+        return load_file(str(path)), cfg
+    ckpt = load_lightning_checkpoint(path)
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
+    return _strip_prefix(ckpt["state_dict"]), ckpt.get("model_config")
+
+
+def _load_deepspeed_dir(path: Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
+    try:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    except ImportError as err:
+        raise ValueError(
+            f"{path} is a directory (a DeepSpeed checkpoint?) but deepspeed is not installed; "
+            "install it (`pip install deepspeed`) or pass a consolidated .safetensors file"
+        ) from err
+    state = get_fp32_state_dict_from_zero_checkpoint(str(path))
+    cfg = None
+    for client in sorted(path.rglob("*model_states.pt")):
+        client_state = torch.load(client, map_location="cpu", weights_only=False)
+        cfg = client_state.get("model_config")
+        break
+    return _strip_prefix(state), cfg
+
+
+def check_compatible(own: ModelConfig, saved: Optional[dict[str, Any]], state: dict[str, torch.Tensor],
+                     model: torch.nn.Module, path: str | Path) -> None:
+    """ValueError naming ``path`` when the checkpoint is of another family/size than ``own``."""
+    if saved is not None:
+        other = ModelConfig.from_dict(saved)
+        diffs = [f"{k}: checkpoint {getattr(other, k)!r} vs model {getattr(own, k)!r}"
+                 for k in SHAPE_KEYS if getattr(other, k) != getattr(own, k)
+                 and not (k.startswith("n_") and k.endswith("layers") and _unused_layer_key(own, k))]
+        if diffs:
+            raise ValueError(f"checkpoint {path} does not fit this model: " + "; ".join(diffs))
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"shape of {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}")
+        raise ValueError(f"checkpoint {path} does not fit this {own.family} model: " + "; ".join(parts))
+
+
+def _unused_layer_key(cfg: ModelConfig, key: str) -> bool:
+    if cfg.family == "decllm":
+        return key in ("n_encoder_layers", "n_decoder_layers")
+    return key == "n_layers"
+
+
+def save_safetensors(model: torch.nn.Module, config: ModelConfig, path: str | Path) -> Path:
+    """Write the model weights (contiguous, tied embedding stored once) and its config."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(config.to_dict())})
+    tmp.replace(path)
+    return path
