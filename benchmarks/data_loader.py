@@ -34,7 +34,7 @@ def build_shards(out_dir: str, *, shards: int, docs_per_shard: int, mean_len: in
     n = shards * docs_per_shard
     lengths = np.clip(rng.lognormal(np.log(mean_len) - 0.5, 1.0, n).astype(int), 1, 32 * mean_len)
     sources = ("common_crawl", "c4", "github")
-    docs = [(sources[i % 3], np.append(rng.integers(4, 32768, int(k), dtype=np.uint16), EOS).astype(np.uint16))
+    docs = [(sources[i % 3], np.append(rng.integers(4, 4096, int(k), dtype=np.uint16), EOS).astype(np.uint16))
             for i, k in enumerate(lengths)]
     write_pretrain_shards(out_dir, docs, docs_per_shard=docs_per_shard)
     return int(sum(len(d) for _, d in docs))
