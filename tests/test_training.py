@@ -146,9 +146,9 @@ def test_cli_fit_then_generate(family, tmp_path):
     r = _cli(["fit", "--config", str(REPO / "recipes/quickstart.yaml"), *extra, *FAST,
               "--trainer.default_root_dir", str(tmp_path)], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    ckpt = tmp_path / "runs/quickstart/checkpoints/last.ckpt"
+    ckpt = tmp_path / "checkpoints/last.ckpt"
     assert ckpt.exists()
-    rows = list(csv.DictReader(open(next((tmp_path / "runs/quickstart/logs").rglob("metrics.csv")))))
+    rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
     assert any(row.get("val/loss") for row in rows) and any(row.get("train/loss") for row in rows)
     assert torch.load(ckpt, weights_only=True)["model_config"]["family"] == family
     g = _cli(["generate", "--ckpt", str(ckpt), "--prompt", "In the beginning", "--prompt", "hacker",
@@ -164,7 +164,7 @@ def test_user_objective_subclass_through_cli(tmp_path):
     r = _cli(["fit", *FAST, "--model.class_path", "user_objective.SpanCorruptionRedLLM",
               "--model.init_args.span_len", "2", "--trainer.default_root_dir", str(tmp_path)], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    hparams = next((tmp_path / "runs/quickstart/logs").rglob("hparams.yaml")).read_text()
+    hparams = next((tmp_path / "logs").rglob("hparams.yaml")).read_text()
     assert "span_len: 2" in hparams
 
 
