@@ -55,16 +55,33 @@ def generate_main(argv: Sequence[str]) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     a = p.parse_args(list(argv))
-    opts = SamplingOptions(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                           top_p=a.top_p, seed=a.seed)
-    model, tok, _ = load_for_inference(a.ckpt, a.tokenizer, a.device)
-    outs = generate_text(model, tok, a.prompt, options=opts, use_cache=not a.no_cache)
+    # options are checked before the checkpoint is read; any user error ends in one line, not a traceback
+    try:
+        opts = SamplingOptions(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                               top_p=a.top_p, seed=a.seed)
+        for i, prompt in enumerate(a.prompt):
+            if not prompt.strip():
+                raise ValueError(f"--prompt number {i + 1} is empty")
+        model, tok, _ = load_for_inference(a.ckpt, a.tokenizer, a.device)
+        outs = generate_text(model, tok, a.prompt, options=opts, use_cache=not a.no_cache)
+    except (ValueError, OSError) as err:
+        print(f"{p.prog}: error: {_as_option(err)}", file=sys.stderr)
+        return 2
     if a.json:
         print(json.dumps([{"prompt": pr, "output": o} for pr, o in zip(a.prompt, outs)], ensure_ascii=False))
     else:
         for pr, o in zip(a.prompt, outs):
             print(f">>> {pr}\n{o}\n")
     return 0
+
+
+def _as_option(err: BaseException) -> str:
+    """One line; SamplingOptions names fields (``top_p must be ...``), the CLI flags carry ``--``."""
+    text = " ".join(str(err).split())
+    for name in ("max_new_tokens", "temperature", "top_k", "top_p"):
+        if text.startswith(f"{name} "):
+            return f"--{text}"
+    return text
 
 
 def export_main(argv: Sequence[str]) -> int:
@@ -85,8 +102,44 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def evaluate_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m lightning_redllm evaluate",
+                                description="Held-out perplexity per source, at one or several sequence lengths "
+                                            "(lengths past the training length measure extrapolation).")
+    p.add_argument("--ckpt", required=True, help="Lightning .ckpt or exported .safetensors")
+    p.add_argument("--shards", default=None, help="pretraining shard pattern (default: the bundled validation shards)")
+    p.add_argument("--lengths", default="256", help="comma-separated sequence lengths, e.g. 256,512,1024")
+    p.add_argument("--prefix_len", type=int, default=None, help="RedLLM encoder tokens (default: half of each length)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--max_sequences", type=int, default=64, help="per source and length (0 = all)")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    a = p.parse_args(list(argv))
+    from .data.shards import bundled_shards
+    from .eval import evaluate_perplexity, format_table
+
+    try:
+        lengths = [int(x) for x in a.lengths.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--lengths must be comma-separated integers, got {a.lengths!r}")
+    model, tok, cfg = load_for_inference(a.ckpt, a.tokenizer, a.device)
+    shards = a.shards or bundled_shards("pretrain", "val")
+    res = evaluate_perplexity(model, shards, bos_id=tok.bos_id, lengths=lengths, batch_size=a.batch_size,
+                              max_sequences=a.max_sequences or None, prefix_len=a.prefix_len,
+                              tokenizer_fingerprint=tok.fingerprint)
+    res.update({"ckpt": str(a.ckpt), "family": cfg.family, "shards": str(shards)})
+    print(format_table(res))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=2))
+        print(f"wrote {a.out}")
+    return 0
+
+
 COMMANDS = {
     "generate": (generate_main, "generate text from a checkpoint"),
     "export": (export_main, "consolidate a checkpoint into one safetensors file"),
+    "evaluate": (evaluate_main, "held-out perplexity per source and length (extrapolation)"),
 }
 
