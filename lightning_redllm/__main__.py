@@ -27,16 +27,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items())
         print(HELP.format(extra=extra))
         return 0
+    from .reliability import guarded
+
     if args[0] in COMMANDS:
-        return COMMANDS[args[0]][0](args[1:])
+        return guarded(COMMANDS[args[0]][0])(args[1:])
     from .cli import LIGHTNING_SUBCOMMANDS, run_lightning
 
     if args[0] not in LIGHTNING_SUBCOMMANDS:
         print(f"unknown subcommand {args[0]!r}; choose from {', '.join(LIGHTNING_SUBCOMMANDS + tuple(COMMANDS))}",
               file=sys.stderr)
         return 2
-    run_lightning(args)
-    return 0
+    return guarded(run_lightning)(args)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ class RedLLMCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
+        # crash-safe checkpoint writes (temp + fsync + rename) and weights_only loads by default;
+        # `--trainer.plugins+=X` adds to it, `--trainer.plugins X` replaces it
+        kwargs.setdefault("trainer_defaults", {"plugins": [{"class_path": "lightning_redllm.reliability.AtomicCheckpointIO"}]})
         super().__init__(LanguageModelModule, LightningDataModule, subclass_mode_model=True,
                          subclass_mode_data=True, args=args, **kwargs)
 

@@ -59,7 +59,7 @@ class ShardIterableDataset(IterableDataset):
     ):
         super().__init__()
         self.shards = shards if isinstance(shards, ShardSet) else open_shards(
-            shards, kind=self.kind, expected_fingerprint=tokenizer_fingerprint
+            shards, kind=self.kind, expected_fingerprint=tokenizer_fingerprint, on_bad_shard=on_bad_shard
         )
         if rank is None or world_size is None:
             rank, world_size = dist_info()
@@ -204,14 +204,17 @@ class ShardDataModule(L.LightningDataModule):
                     f"the bundled {self.kind} shards are missing ({self.train_shards}); build them with "
                     "`python -m data_pipelines.build_bundled` or pass --data.train_shards"
                 )
-            self._train_set = open_shards(self.train_shards, kind=self.kind, expected_fingerprint=self.tokenizer_fingerprint)
+            self._train_set = open_shards(self.train_shards, kind=self.kind,
+                                          expected_fingerprint=self.tokenizer_fingerprint,
+                                          on_bad_shard=self.on_bad_shard)
         return self._train_set
 
     @property
     def val_set(self) -> ShardSet | None:
         if self._val_set is None and self.val_shards:
             fp = self.tokenizer_fingerprint or (self.train_set.manifest.fingerprint if self.train_set.manifest else None)
-            self._val_set = open_shards(self.val_shards, kind=self.kind, expected_fingerprint=fp)
+            self._val_set = open_shards(self.val_shards, kind=self.kind, expected_fingerprint=fp,
+                                        on_bad_shard=self.on_bad_shard)
         return self._val_set
 
     @property
@@ -274,8 +277,15 @@ class ShardDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate_fn())
 
     def stats(self) -> dict[str, int]:
-        """Training counters of this rank (tokens, documents, bad shards, truncations), as consumed."""
-        return self._train_loader.stats() if self._train_loader is not None else {}
+        """Training counters of this rank (tokens, documents, bad shards, truncations), as consumed.
+
+        ``bad_shards`` counts shards given up while streaming plus, on rank 0 only (the logger sums
+        over ranks), the shards left out at start (missing, other tokenizer) by on_bad_shard="skip".
+        """
+        stats = self._train_loader.stats() if self._train_loader is not None else {}
+        if self._train_set is not None and self._train_set.skipped and dist_info()[0] == 0:
+            stats["bad_shards"] = stats.get("bad_shards", 0) + len(self._train_set.skipped)
+        return stats
 
     def _common_ds_kwargs(self, *, train: bool) -> dict[str, Any]:
         rank, world = dist_info()

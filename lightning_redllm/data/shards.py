@@ -64,7 +64,7 @@ def _local_path(url: str) -> str:
     return url[len("file://"):] if url.startswith("file://") else url[len("file:"):] if url.startswith("file:") else url
 
 
-def _expand_one(pattern: str) -> list[str]:
+def _expand_one(pattern: str, skipped: list[str] | None = None) -> list[str]:
     if _is_remote(pattern):
         return list(expand_urls(pattern))
     found: list[str] = []
@@ -78,18 +78,25 @@ def _expand_one(pattern: str) -> list[str]:
             found.append(path)
         else:
             missing.append(path)
-    if missing:
+    if missing and (skipped is None or not found):
         raise ValueError(
             f"shard pattern {pattern!r}: {len(missing)} expanded path(s) do not exist, e.g. {missing[0]!r}"
         )
+    if missing:
+        skipped.extend(missing)
     return found
 
 
-def expand_shards(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+def expand_shards(patterns: str | os.PathLike | Sequence[str | os.PathLike],
+                  skipped: list[str] | None = None) -> list[str]:
     """Expand shard patterns (paths, directories, globs, brace patterns, URLs) into a list of shard URLs.
 
+    ``skipped``: when given, explicitly named shards that do not exist are appended to it instead of
+    raising (a pattern that matches nothing at all still raises).
+
     Raises:
-        ValueError: a pattern matches no shard (the message names the pattern), or a shard is listed twice.
+        ValueError: a pattern matches no shard or names a missing one (the message names the
+            pattern and the path), or a shard is listed twice.
     """
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
@@ -98,7 +105,7 @@ def expand_shards(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> 
     urls: list[str] = []
     for pattern in patterns:
         pattern = os.fspath(pattern)
-        found = _expand_one(pattern)
+        found = _expand_one(pattern, skipped)
         if not found:
             raise ValueError(f"no shard matches the pattern {pattern!r}")
         urls.extend(found)
@@ -165,6 +172,7 @@ class ShardSet:
     manifest: ShardManifest | None  # the first manifest found (all must share one tokenizer)
     documents: list[int | None]  # expected document count per shard (None = unknown)
     sources: list[tuple[str, ...] | None]  # sources present in each shard (None = unknown)
+    skipped: tuple[tuple[str, str], ...] = ()  # (shard, reason) left out by on_bad_shard="skip"
 
     @property
     def tokenizer(self) -> dict[str, Any]:
@@ -176,14 +184,26 @@ def open_shards(
     *,
     kind: str,
     expected_fingerprint: str | None = None,
+    on_bad_shard: str = "raise",
 ) -> ShardSet:
     """Expand ``patterns`` and read the manifests of the local shard directories.
 
+    ``on_bad_shard="skip"`` leaves out (with a warning, listed in ``ShardSet.skipped``) explicitly
+    named shards that do not exist and shards whose manifest names another tokenizer than
+    ``expected_fingerprint`` (or, without it, than the manifest covering most shards).
+
     Raises:
-        ValueError: no shard matches a pattern; a manifest is of another ``kind``; two manifests name
-            different tokenizers; a manifest's tokenizer fingerprint differs from ``expected_fingerprint``.
+        ValueError: no shard matches a pattern; a manifest is of another ``kind``; with "raise": a
+            named shard is missing, two manifests name different tokenizers, or a manifest's
+            tokenizer fingerprint differs from ``expected_fingerprint`` (the messages name a shard).
     """
-    urls = expand_shards(patterns)
+    if on_bad_shard not in BAD_SHARD_POLICIES:
+        raise ValueError(f"on_bad_shard={on_bad_shard!r}; expected one of {BAD_SHARD_POLICIES}")
+    missing: list[str] | None = [] if on_bad_shard == "skip" else None
+    urls = expand_shards(patterns, skipped=missing)
+    skipped: list[tuple[str, str]] = [(url, "missing") for url in missing or []]
+    for url, _ in skipped:
+        log.warning("skipping missing shard %s (on_bad_shard='skip')", url)
     manifests: dict[str, ShardManifest | None] = {}
     per_shard: list[ShardManifest | None] = []
     for url in urls:
@@ -201,16 +221,37 @@ def open_shards(
             raise ValueError(f"shard manifest {m.path!r} describes {m.kind!r} shards, but {kind!r} shards are needed")
         if not m.complete:
             log.warning("shard manifest %s says the shard set is incomplete (complete: false)", m.path)
-        if m.fingerprint != found[0].fingerprint:
-            raise ValueError(
-                f"shards use different tokenizers: {m.fingerprint!r} in {m.path!r} "
-                f"vs {found[0].fingerprint!r} in {found[0].path!r}"
-            )
-        if expected_fingerprint is not None and m.fingerprint != expected_fingerprint:
-            raise ValueError(
-                f"tokenizer fingerprint mismatch: expected {expected_fingerprint!r} but shard manifest "
-                f"{m.path!r} has {m.fingerprint!r}"
-            )
+    reference = expected_fingerprint
+    if reference is None and found:
+        counts: dict[str | None, int] = {}
+        for m in per_shard:
+            if m is not None:
+                counts[m.fingerprint] = counts.get(m.fingerprint, 0) + 1
+        reference = max(counts, key=lambda fp: counts[fp])  # first-seen wins a tie
+    foreign = [(url, m) for url, m in zip(urls, per_shard) if m is not None and m.fingerprint != reference]
+    if foreign and on_bad_shard == "raise":
+        url, m = foreign[0]
+        where = f"shard {url!r}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}"
+        if expected_fingerprint is not None:
+            head = (f"tokenizer fingerprint mismatch: expected {expected_fingerprint!r} but shard manifest "
+                    f"{m.path!r} has {m.fingerprint!r}")
+        else:
+            ref = next(x for x in found if x.fingerprint == reference)
+            head = (f"shards use different tokenizers: {m.fingerprint!r} in {m.path!r} "
+                    f"vs {reference!r} in {ref.path!r}")
+        raise ValueError(f"{head} ({where}); remove them or set on_bad_shard='skip'")
+    if foreign:
+        bad = {url for url, _ in foreign}
+        for url, m in foreign:
+            log.warning("skipping shard %s tokenized with another tokenizer (%s in %s; expected %s)",
+                        url, m.fingerprint, m.path, reference)
+        skipped.extend((url, "tokenizer") for url, _ in foreign)
+        keep = [i for i, url in enumerate(urls) if url not in bad]
+        if not keep:
+            raise ValueError(f"every shard of {patterns!r} was tokenized with another tokenizer than {reference!r}")
+        urls = [urls[i] for i in keep]
+        per_shard = [per_shard[i] for i in keep]
+        found = [m for m in found if m.fingerprint == reference]
     if expected_fingerprint is not None and not found:
         log.warning("no shard manifest found for %s; cannot verify tokenizer fingerprint %s", urls[0], expected_fingerprint)
     documents: list[int | None] = []
@@ -220,7 +261,8 @@ def open_shards(
         documents.append(int(entry["documents"]) if entry and "documents" in entry else None)
         srcs = entry.get("sources") if entry else None
         sources.append(tuple(sorted(srcs)) if isinstance(srcs, (dict, list)) else None)
-    return ShardSet(urls=urls, manifest=found[0] if found else None, documents=documents, sources=sources)
+    return ShardSet(urls=urls, manifest=found[0] if found else None, documents=documents, sources=sources,
+                    skipped=tuple(skipped))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -58,6 +58,17 @@ def new_stats() -> dict[str, int]:
     return {"documents": 0, "tokens": 0, "bad_shards": 0}
 
 
+def _check_vocab(arrays: tuple[np.ndarray, ...], vocab_size: int, url: str, key: str) -> None:
+    # an id past the vocabulary would crash the embedding (a device-side assert on GPU) far from
+    # here; it means the shard came from another tokenizer than its manifest says
+    for a in arrays:
+        if a.size and int(a.max()) >= vocab_size:
+            raise BadShardError(
+                f"shard {url!r}: sample {key!r} has token id {int(a.max())} >= vocab_size {vocab_size} of the "
+                "manifest's tokenizer; was it tokenized with another tokenizer?"
+            )
+
+
 class _SourceLoop:
     """Loops over the shards of one source (or of all sources) for one reader; tracks its position."""
 
@@ -144,6 +155,8 @@ class _SourceLoop:
                         expected_documents=s.shards.documents[shard],
                     ):
                         arrays = tuple(decode_npy(parts[e], f"{url}:{_key}.{e}") for e in s.exts)
+                        if s.vocab_size is not None:
+                            _check_vocab(arrays, s.vocab_size, url, _key)
                         self.offset = index + 1
                         produced = True
                         yield Doc(shard, index, arrays)
@@ -195,6 +208,8 @@ class DocStream:
         self.seed, self.shuffle, self.buffer_size = seed, shuffle, shuffle_buffer
         self.max_epochs, self.split, self.on_bad_shard = max_epochs, split, on_bad_shard
         self.stats = stats if stats is not None else new_stats()
+        vocab = shards.tokenizer.get("vocab_size")
+        self.vocab_size: int | None = int(vocab) if vocab else None
         self.rng = np.random.default_rng([seed, 7919, reader_id])
         self.buffer: list[Doc] = []
         self._refs = np.zeros((max(shuffle_buffer, 1), 2), dtype=np.int64)  # (shard, index) of buffer[i]
@@ -256,6 +271,9 @@ class DocStream:
         # (n, 2) int64 as bytes: a tensor would cross the worker queue through a new shared-memory
         # segment on every batch (~3x slower loading); bytes also load with weights_only=True
         refs = self._refs[: len(self.buffer)].tobytes()
+        # b"" pickles (protocol 2) as a call to builtins.bytes, which torch.load(weights_only=True) --
+        # Lightning's default when resuming -- refuses; non-empty bytes go through _codecs.encode, allowed
+        refs = refs if refs else None
         return {
             "reader": [self.reader_id, self.n_readers],
             "loops": [loop.state_dict() for loop in self.loops],
@@ -277,7 +295,8 @@ class DocStream:
             loop.load_state_dict(st)
         self.exhausted = bool(state["exhausted"])
         self.rng.bit_generator.state = state["rng"]
-        refs = [(int(s), int(i)) for s, i in np.frombuffer(state["buffer"], dtype=np.int64).reshape(-1, 2).tolist()]
+        raw = state["buffer"] or b""
+        refs = [(int(s), int(i)) for s, i in np.frombuffer(raw, dtype=np.int64).reshape(-1, 2).tolist()]
         self.buffer = self.fetch(refs)
         self._refs[: len(refs)] = np.asarray(refs, dtype=np.int64).reshape(-1, 2)
 

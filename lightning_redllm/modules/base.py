@@ -24,7 +24,7 @@ from ..config import ModelConfig
 from ..models import LanguageModel, ModelOutput, build_model
 from ..tokenizer import Tokenizer, load_tokenizer
 from .checkpoint import check_compatible, load_weights
-from .optim import build_optimizer, lr_multiplier, param_groups
+from .optim import OPTIMIZERS, build_optimizer, lr_multiplier, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,9 @@ class LanguageModelModule(L.LightningModule):
         warmup_steps: warmup optimizer steps.
         decay_steps: length of the cosine decay; default: the trainer's ``max_steps``.
         min_lr_ratio: LR floor as a fraction of ``lr`` (study: 0.1).
-        nan_policy: on a non-finite loss or gradient: ``skip`` the step (counted and logged as
-            ``train/skipped_steps``) or ``stop`` at once.
+        nan_policy: on a non-finite loss or gradient: ``skip`` the step (no optimizer update, so
+            weights and optimizer state stay as they were; the batch and its LR-schedule slot are
+            consumed; counted and logged as ``train/skipped_steps``) or ``stop`` at once.
         max_bad_steps: with ``skip``, stop after this many consecutive bad steps. Stopping saves
             ``nonfinite-step<N>.ckpt`` in the run folder and raises ``NonFiniteLossError``.
     """
@@ -80,14 +81,16 @@ class LanguageModelModule(L.LightningModule):
         if max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
         lr_multiplier(schedule, warmup_steps=warmup_steps, total_steps=1, min_lr_ratio=min_lr_ratio)  # validates
-        build_optimizer(optimizer, [{"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=lr)  # validates name
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
         self.model: Optional[LanguageModel] = None
-        self.train_loss = MeanMetric()
+        self.train_acc = MeanMetric()
         self.val_nll = MeanMetric()
         self.val_acc = MeanMetric()
         self.tokens_seen = 0
         self.skipped_steps = 0
         self._bad_streak = 0
+        self._step_bad = False  # this batch hit a non-finite loss or gradient
         self.flops_per_batch: Optional[int] = None
 
     # ------------------------------------------------------------------ model
@@ -153,6 +156,7 @@ class LanguageModelModule(L.LightningModule):
         return inputs, self.forward_batch(inputs)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
+        self._step_bad = False
         inputs, out = self._shared_step(batch)
         self.flops_per_batch = self.batch_flops(inputs)
         n_tokens = self.input_tokens(inputs)
@@ -160,17 +164,17 @@ class LanguageModelModule(L.LightningModule):
         bad = not bool(torch.isfinite(out.loss))
         bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
-            self._on_bad_step(f"non-finite loss ({float(out.loss)})")
+            # returning None makes Lightning skip backward and optimizer.step for this batch
+            self._on_bad_step(f"non-finite loss ({float(out.loss.detach())})")
             return None
-        self._bad_streak = 0
         count = out.num_tokens.clamp(min=1)
         self.log("train/loss", out.loss, prog_bar=True)
         self.log("train/nll", out.nll)
         self.log("train/ppl", torch.exp(out.nll.clamp(max=30)))
-        self.log("train/acc", out.correct / count)
+        self.train_acc(out.correct / count, weight=count)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         self.log("train/z", out.z)
         self.log("train/tokens_seen", float(self.tokens_seen))
-        self.log("train/skipped_steps", float(self.skipped_steps))
         if self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return out.loss
@@ -187,7 +191,31 @@ class LanguageModelModule(L.LightningModule):
                 p.grad = None
             self._on_bad_step("non-finite gradient")
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # the streak ends only after a batch whose loss AND gradients were finite (a NaN-gradient
+        # batch has a finite loss, so resetting in training_step would never let it reach the limit)
+        if not self._step_bad:
+            self._bad_streak = 0
+        self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def on_fit_start(self) -> None:
+        """Fail before the first step when a checkpoint folder cannot be written (rank 0 probes)."""
+        from ..reliability import CheckpointWriteError, check_writable
+
+        dirs = {str(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+        error: Optional[CheckpointWriteError] = None
+        if self.trainer.is_global_zero:
+            for d in sorted(dirs):
+                try:
+                    check_writable(d)
+                except CheckpointWriteError as err:
+                    error = err
+                    break
+        if self.trainer.strategy.reduce_boolean_decision(error is not None, all=False):
+            raise error or RuntimeError("rank 0 cannot write a checkpoint folder; see its error")
+
     def _on_bad_step(self, what: str) -> None:
+        self._step_bad = True
         self.skipped_steps += 1
         self._bad_streak += 1
         step = self.trainer.global_step
@@ -260,13 +288,19 @@ class LanguageModelModule(L.LightningModule):
                                          "bad_streak": self._bad_streak}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # runs before Lightning copies the weights: refuse another family/size with the file named
+        # instead of a bare load_state_dict size-mismatch report
+        path = (self._trainer.ckpt_path if self._trainer is not None else None) or "the checkpoint"
         saved = checkpoint.get("model_config")
         if saved is not None:
             other = ModelConfig.from_dict(saved)
             if other.family != self.config.family:
                 raise ValueError(
-                    f"checkpoint holds a {other.family} model but this run trains {self.config.family}"
+                    f"checkpoint {path} holds a {other.family} model but this run trains {self.config.family}"
                 )
+        if self.model is not None and "state_dict" in checkpoint:  # DeepSpeed keeps weights elsewhere
+            state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+            check_compatible(self.config, saved, state, self.model, path)
         counters = checkpoint.get("module_counters", {})
         self.tokens_seen = int(counters.get("tokens_seen", 0))
         self.skipped_steps = int(counters.get("skipped_steps", 0))

@@ -4,6 +4,13 @@
 * a DeepSpeed checkpoint directory (ZeRO shards; needs ``deepspeed`` to consolidate);
 * a consolidated ``*.safetensors`` file whose metadata holds the model config as JSON.
 
+Untrusted files: ``.ckpt`` and ``.safetensors`` never unpickle arbitrary objects. A DeepSpeed
+directory is different: our own read of its ``*model_states.pt`` (for the model config) uses
+``weights_only=True`` and so refuses a tampered file *before* DeepSpeed looks at it, but DeepSpeed's
+consolidation (``zero_to_fp32``, deepspeed 0.19) then unpickles the optimizer shards with
+``weights_only=False``, which we cannot change. Treat DeepSpeed directories as trusted input and share
+weights as safetensors (``python -m lightning_redllm export``).
+
 Every loader returns the bare model state dict (keys as in ``DecLLM``/``RedLLM``) and the saved
 ``ModelConfig`` dict when the file has one; :func:`check_compatible` then refuses a checkpoint of
 the other family or another size with an error naming the file and the differing keys.
@@ -31,11 +38,15 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "model.") -> dic
 
 
 def load_lightning_checkpoint(path: Path) -> dict[str, Any]:
-    """The raw checkpoint dict, loaded without unpickling arbitrary objects."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    """The raw checkpoint dict, loaded without unpickling arbitrary objects.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError (``CheckpointLoadError``): truncated, corrupt, or holding pickled objects; names the file.
+    """
+    from ..reliability import load_torch_file
+
+    return load_torch_file(path, map_location="cpu", weights_only=True)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
@@ -67,12 +78,17 @@ def _load_deepspeed_dir(path: Path) -> tuple[dict[str, torch.Tensor], Optional[d
             f"{path} is a directory (a DeepSpeed checkpoint?) but deepspeed is not installed; "
             "install it (`pip install deepspeed`) or pass a consolidated .safetensors file"
         ) from err
-    state = get_fp32_state_dict_from_zero_checkpoint(str(path))
+    from ..reliability import load_torch_file
+
     cfg = None
+    # weights_only=True first: a tampered model-states file is refused before DeepSpeed's loader
+    # (which uses weights_only=False) opens the directory. DeepSpeed's own keys (param_shapes of
+    # torch.Size, ds_config dict, ds_version str, ...) and Lightning's client state are plain data.
     for client in sorted(path.rglob("*model_states.pt")):
-        client_state = torch.load(client, map_location="cpu", weights_only=False)
-        cfg = client_state.get("model_config")
-        break
+        client_state = load_torch_file(client, map_location="cpu", weights_only=True)
+        if cfg is None:
+            cfg = client_state.get("model_config")
+    state = get_fp32_state_dict_from_zero_checkpoint(str(path))
     return _strip_prefix(state), cfg
 
 

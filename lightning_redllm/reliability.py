@@ -1,0 +1,291 @@
+"""Fault tolerance: atomic checkpoint files, clear errors for unreadable ones, one-line CLI errors.
+
+* :class:`AtomicCheckpointIO` — a Lightning ``CheckpointIO`` (``--trainer.plugins
+  lightning_redllm.reliability.AtomicCheckpointIO``) that writes every checkpoint to a temporary
+  file *in the same directory*, fsyncs it, checks it is a complete archive, ``os.replace``-s it over
+  the target and fsyncs the directory. A process killed mid-write (preemption, OOM killer, kill -9)
+  leaves the previous file untouched and at worst a hidden ``.<name>.tmp-*`` file, which no
+  ``*.ckpt`` pattern (Lightning's ``ckpt_path="last"`` lookup included) matches and the next write
+  of that name removes. A failed write (disk full, permission) raises :class:`CheckpointWriteError`
+  naming the file, after removing the partial temp file. Loading defaults to
+  ``torch.load(weights_only=True)`` and a truncated/corrupt/unsafe file raises
+  :class:`CheckpointLoadError` naming it.
+
+  DeepSpeed (ZeRO) checkpoints are folders written by DeepSpeed itself, not through a
+  CheckpointIO, and are not covered: an interrupted save can leave a mixed folder.
+
+  Why not Lightning's default ``TorchCheckpointIO``: it serializes the whole checkpoint into memory,
+  writes it to a temp file from ``tempfile.mkstemp()`` (the *system* temp dir, often another and
+  smaller filesystem) and ``shutil.move``-s it, which across filesystems is a plain copy — a kill
+  during that copy leaves a truncated ``last.ckpt`` — and never fsyncs.
+
+* :func:`guarded` — wraps a CLI ``main`` so that user-caused failures (bad values, missing or
+  unwritable files, bad shards, non-finite loss) end with a one-line ``error: ...`` on stderr and
+  exit status 1 instead of a traceback. ``LIGHTNING_REDLLM_TRACEBACK=1`` shows the traceback.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pickle
+import sys
+import uuid
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Optional
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.types import _PATH
+
+log = logging.getLogger(__name__)
+
+TMP_MARKER = ".tmp-"
+TRACEBACK_ENV = "LIGHTNING_REDLLM_TRACEBACK"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permission, not a directory, ...).
+
+    Carries the ``errno`` of the underlying OSError; the previous file at ``filename`` is untouched.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class CheckpointLoadError(ValueError):
+    """A checkpoint file is truncated, corrupt, or holds objects ``weights_only=True`` refuses."""
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _os_error_in(err: BaseException) -> Optional[OSError]:
+    """The OSError behind ``err`` (torch.save turns a failing ``write`` into a RuntimeError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    """Hidden temp file beside ``path``; the name does not end in the target's suffix."""
+    return path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Temp files left beside ``path`` by writers that were killed mid-write."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{path.name}{TMP_MARKER}*"))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
+                 verify: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write ``path`` so that readers only ever see the old or the complete new content.
+
+    ``write(f)`` fills an open temp file in the same directory; it is flushed and fsynced,
+    ``verify(temp_path)`` may check it, then it replaces ``path`` and the directory is fsynced.
+
+    Raises:
+        CheckpointWriteError: any OSError on the way (ENOSPC, EACCES, EROFS, ENOTDIR, ...), with
+            the target path in the message; the partial temp file is removed, ``path`` untouched.
+    """
+    path = Path(path)
+    for stale in stale_temp_files(path):
+        log.info("removing %s left by an interrupted checkpoint write", stale)
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+    tmp: Optional[Path] = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_name(path)
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except BaseException as err:  # KeyboardInterrupt included: never leave the partial file behind
+        if tmp is not None:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+        os_err = _os_error_in(err)
+        if os_err is not None:
+            code = os_err.errno or errno.EIO
+            reason = os_err.strerror or str(os_err)
+            raise CheckpointWriteError(
+                code, f"cannot write checkpoint {path}: {reason} (errno {errno.errorcode.get(code, code)}); "
+                f"the previous file at that path, if any, is unchanged", str(path)) from err
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Create ``directory`` and write/remove a probe file in it (local paths only).
+
+    Raises:
+        CheckpointWriteError: naming the folder (not a directory, permission, read-only, full disk).
+    """
+    directory = os.fspath(directory)
+    if not _is_local(directory):
+        return
+    directory = directory[len("file://"):] if directory.startswith("file://") else directory
+    probe = Path(directory) / f".write-probe-{os.getpid()}"
+    try:
+        atomic_write(probe, lambda f: f.write(b"ok"))
+    except CheckpointWriteError as err:
+        raise CheckpointWriteError(err.errno, f"checkpoint folder {directory} is not writable: "
+                                   f"{_os_error_in(err.__cause__) or err}", directory) from err
+    try:
+        probe.unlink()
+    except OSError:
+        pass
+
+
+def verify_torch_archive(path: Path) -> None:
+    """Cheap completeness check of a ``torch.save`` file: the zip central directory (at the end) reads."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise CheckpointLoadError(f"checkpoint {path} is not a complete torch archive: {err}") from err
+
+
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:
+    """``torch.load`` with errors that name the file (missing, truncated, corrupt, unsafe pickle)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, f"checkpoint not found: {path}", str(path))
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        # the weights-only unpickler reports both a forbidden class and plain garbage; only the
+        # former names a GLOBAL
+        why = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported global" in ln]
+        if why:
+            raise CheckpointLoadError(
+                f"checkpoint {path} holds pickled objects that weights_only=True refuses ({why[0]}); "
+                "this package never writes such objects, so the file was tampered with or comes from other "
+                "code: load it with weights_only=False only if you trust its source"
+            ) from err
+        raise CheckpointLoadError(_corrupt_message(path, err)) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointLoadError(_corrupt_message(path, err)) from err
+
+
+def _reason(err: BaseException) -> str:
+    """The informative line of a torch.load error (its weights-only errors are paragraphs of advice)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    marker = "WeightsUnpickler error:"
+    for i, ln in enumerate(lines):
+        if marker in ln:
+            rest = ln.split(marker, 1)[1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else ln)
+    return lines[0] if lines else ""
+
+
+def _corrupt_message(path: Path, err: BaseException) -> str:
+    size = path.stat().st_size if path.exists() else 0
+    return (f"cannot load checkpoint {path} ({size} bytes): the file is truncated or corrupt "
+            f"({type(err).__name__}: {_reason(err)}); use an earlier checkpoint")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` with crash-safe writes and clear load errors (see the module docs).
+
+    Remote paths (``s3://``, ``gs://``, ...) go to Lightning's own implementation unchanged.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or not _is_local(os.fspath(path)):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = os.fspath(path)
+        target = target[len("file://"):] if target.startswith("file://") else target
+        atomic_write(target, lambda f: self._dump(checkpoint, f), verify=verify_torch_archive)
+
+    def _dump(self, checkpoint: dict[str, Any], f: IO[bytes]) -> None:
+        """Serialize into the open temp file (tests override this to simulate crashes mid-write)."""
+        torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path: _PATH, map_location: Optional[Any] = lambda storage, loc: storage,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if not _is_local(os.fspath(path)):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return load_torch_file(path, map_location=map_location,
+                               weights_only=True if weights_only is None else weights_only)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI errors
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .modules.base import NonFiniteLossError
+
+    return (ValueError, OSError, NonFiniteLossError)
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: message`` of ``err`` on one line; a DataLoader worker's re-raised error keeps only
+    the original exception's last line (torch embeds the worker traceback in the message)."""
+    text = str(err).strip()
+    name = type(err).__name__
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    elif text.startswith("Does not validate against any of the Union subtypes"):
+        # jsonargparse wraps a class's __init__ error in a union report; keep the real error(s)
+        errs = [ln.strip()[2:] for ln in text.splitlines()
+                if ln.strip().startswith("- ") and not ln.strip().startswith("- Expected a <class 'NoneType'>")]
+        text = "; ".join(errs) or text
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f"{name}: {' '.join(lines)}" if lines else name
+
+
+def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
+    """Wrap a CLI ``main(argv) -> int``: user-caused errors -> ``error: <one line>``, exit status 1."""
+
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            return int(main(*args, **kwargs) or 0)
+        except _user_errors() as err:
+            if os.environ.get(TRACEBACK_ENV):
+                raise
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return 1
+
+    run.__wrapped__ = main  # type: ignore[attr-defined]
+    return run
+
+
+__all__ = ["AtomicCheckpointIO", "CheckpointLoadError", "CheckpointWriteError", "atomic_write", "check_writable",
+           "guarded", "load_torch_file", "one_line", "stale_temp_files", "verify_torch_archive"]
