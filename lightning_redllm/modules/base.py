@@ -56,6 +56,13 @@ class LanguageModelModule(L.LightningModule):
             consumed; counted and logged as ``train/skipped_steps``) or ``stop`` at once.
         max_bad_steps: with ``skip``, stop after this many consecutive bad steps. Stopping saves
             ``nonfinite-step<N>.ckpt`` in the run folder and raises ``NonFiniteLossError``.
+        activation_checkpointing: recompute each block's activations in backward (less memory,
+            ~1/3 more compute).
+
+    Under Lightning's ``ModelParallelStrategy`` the model is built on the meta device and sharded
+    with FSDP2 (``lightning_redllm.parallel``) before any weight is allocated: the mesh's
+    ``tensor_parallel`` dimension is used as the FSDP shard group and ``data_parallel`` as the
+    replicate group (HSDP; Lightning's default mesh shards within a node, replicates across nodes).
     """
 
     family: str = ""
@@ -66,7 +73,8 @@ class LanguageModelModule(L.LightningModule):
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
                  schedule: Literal["cosine", "constant", "inverse_sqrt"] = "cosine", warmup_steps: int = 100,
                  decay_steps: Optional[int] = None, min_lr_ratio: float = 0.1,
-                 nan_policy: Literal["skip", "stop"] = "skip", max_bad_steps: int = 10) -> None:
+                 nan_policy: Literal["skip", "stop"] = "skip", max_bad_steps: int = 10,
+                 activation_checkpointing: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config = ModelConfig.from_name(preset, **(overrides or {}))
@@ -118,10 +126,36 @@ class LanguageModelModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is not None:  # Lightning ModelParallelStrategy: FSDP2 over the data-parallel dim
+            self.model = self._build_sharded(mesh)
+            return
         self.model = build_model(self.config)
         self.model.init_weights()
         if self.hparams.init_from:
             self.load_weights(self.hparams.init_from)
+        if self.hparams.activation_checkpointing:
+            from ..parallel import apply_activation_checkpointing
+
+            apply_activation_checkpointing(self.model)
+
+    def _build_sharded(self, mesh) -> LanguageModel:
+        """Build on the meta device, shard, then allocate and initialize only this rank's shards."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        from ..parallel import shard_model
+
+        with torch.device("meta"):
+            model = build_model(self.config)
+        shard_model(model, _fsdp_mesh(mesh), activation_checkpointing=self.hparams.activation_checkpointing)
+        model.to_empty(device=self.trainer.strategy.root_device)
+        model.init_weights()  # on the DTensor shards
+        if self.hparams.init_from:
+            state, saved_cfg = load_weights(self.hparams.init_from)
+            with torch.device("meta"):
+                check_compatible(self.config, saved_cfg, state, build_model(self.config), self.hparams.init_from)
+            set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        return model
 
     def load_weights(self, path: str) -> None:
         """Copy model weights from ``path`` (no optimizer state); refuses another family/size."""
@@ -305,6 +339,21 @@ class LanguageModelModule(L.LightningModule):
         self.tokens_seen = int(counters.get("tokens_seen", 0))
         self.skipped_steps = int(counters.get("skipped_steps", 0))
         self._bad_streak = int(counters.get("bad_streak", 0))
+
+
+def _fsdp_mesh(mesh):
+    """The FSDP mesh from Lightning's (data_parallel, tensor_parallel) mesh: shard over whichever
+    dimension has several devices; with both, 2-D HSDP (replicate over data_parallel, shard over
+    tensor_parallel). No tensor parallelism is applied."""
+    names = mesh.mesh_dim_names or ()
+    if names != ("data_parallel", "tensor_parallel"):
+        return mesh
+    dp, tp = mesh["data_parallel"].size(), mesh["tensor_parallel"].size()
+    if tp == 1:
+        return mesh["data_parallel"]
+    if dp == 1:
+        return mesh["tensor_parallel"]
+    return mesh
 
 
 __all__ = ["LanguageModelModule", "NonFiniteLossError"]

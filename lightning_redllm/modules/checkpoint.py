@@ -1,7 +1,8 @@
 """Reading model weights from the three places a stage can start from, and writing safetensors.
 
 * a Lightning checkpoint file (``*.ckpt``), read with ``torch.load(weights_only=True)``;
-* a DeepSpeed checkpoint directory (ZeRO shards; needs ``deepspeed`` to consolidate);
+* a sharded checkpoint directory: ``torch.distributed.checkpoint`` (Lightning
+  ``ModelParallelStrategy`` / FSDP2, consolidated here) or DeepSpeed ZeRO (needs ``deepspeed``);
 * a consolidated ``*.safetensors`` file whose metadata holds the model config as JSON.
 
 Untrusted files: ``.ckpt`` and ``.safetensors`` never unpickle arbitrary objects. A DeepSpeed
@@ -55,6 +56,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[di
     if not path.exists():
         raise FileNotFoundError(f"init_from checkpoint not found: {path}")
     if path.is_dir():
+        if (path / "meta.pt").is_file() and any(path.glob("*.distcp")):
+            return _load_distributed_dir(path)
         return _load_deepspeed_dir(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -68,6 +71,28 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[di
     if "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
     return _strip_prefix(ckpt["state_dict"]), ckpt.get("model_config")
+
+
+def _load_distributed_dir(path: Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
+    """A sharded ``torch.distributed.checkpoint`` folder (Lightning ``ModelParallelStrategy`` /
+    FSDP2): consolidated in memory on one process, read with ``weights_only=True``."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from ..reliability import load_torch_file
+
+    meta = load_torch_file(path / "meta.pt")
+    with tempfile.TemporaryDirectory() as tmp:
+        full = Path(tmp) / "consolidated.pt"
+        try:
+            dcp_to_torch_save(str(path), str(full))
+        except Exception as err:  # noqa: BLE001 - re-raised naming the folder
+            raise ValueError(f"cannot read sharded checkpoint {path}: {type(err).__name__}: {err}") from err
+        ckpt = load_torch_file(full)
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning sharded checkpoint (no 'state_dict')")
+    return _strip_prefix(ckpt["state_dict"]), meta.get("model_config")
 
 
 def _load_deepspeed_dir(path: Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:

@@ -1,0 +1,44 @@
+"""2-process CPU (gloo) fit under Lightning's ModelParallelStrategy (FSDP2), used by tests/test_parallel.py.
+
+usage: python fsdp_fit.py FAMILY ROOT MAX_STEPS [CKPT_PATH]
+Prints one JSON line per rank: losses, parameter type, val loss.
+"""
+import json
+import sys
+
+import lightning as L
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from lightning_redllm.data import PretrainDataModule
+from lightning_redllm.modules import DecLLMModule, RedLLMModule
+
+family, root, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ckpt = sys.argv[4] if len(sys.argv) > 4 else None
+cls = RedLLMModule if family == "redllm" else DecLLMModule
+L.seed_everything(0)
+module = cls(overrides=dict(d_model=64, n_heads=2, head_dim=32, ffn_dim=128, n_layers=2, n_encoder_layers=1,
+                            n_decoder_layers=1), warmup_steps=1, lr=1e-2, schedule="constant")
+losses = []
+
+
+class Record(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        losses.append([trainer.global_step, float(outputs["loss"])])
+
+
+trainer = L.Trainer(accelerator="cpu", devices=2, max_steps=steps, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=2, val_check_interval=steps,
+                    strategy=ModelParallelStrategy(),  # defaults: shard over the 2 local devices
+                    default_root_dir=root, callbacks=[Record(), L.pytorch.callbacks.ModelCheckpoint(
+                        dirpath=f"{root}/checkpoints", every_n_train_steps=steps // 2, save_top_k=-1)])
+trainer.fit(module, datamodule=PretrainDataModule(seq_len=64, batch_size=4, num_workers=0), ckpt_path=ckpt)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: E402
+
+full = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+if trainer.global_rank == 0:
+    import torch
+
+    torch.save(full, f"{root}/full_weights.pt")
+print("RESULT " + json.dumps({"rank": trainer.global_rank, "losses": losses,
+                              "param_type": type(module.model.embed.weight).__name__,
+                              "val_loss": float(trainer.callback_metrics["val/loss"])}), flush=True)
