@@ -151,6 +151,14 @@ def test_cli_fit_then_generate(family, tmp_path):
     rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
     assert any(row.get("val/loss") for row in rows) and any(row.get("train/loss") for row in rows)
     assert torch.load(ckpt, weights_only=True)["model_config"]["family"] == family
+    for sub in ("validate", "test", "predict"):
+        v = _cli([sub, "--config", str(REPO / "recipes/quickstart.yaml"), *extra, "--ckpt_path", str(ckpt),
+                  "--data.init_args.seq_len", "64", "--data.init_args.num_workers", "0",
+                  "--data.init_args.val_batches", "2", "--trainer.default_root_dir", str(tmp_path / sub),
+                  "--trainer.enable_progress_bar", "false"], cwd=tmp_path)
+        assert v.returncode == 0, (sub, v.stderr[-2000:])
+        if sub != "predict":
+            assert f"{'val' if sub == 'validate' else 'test'}/loss" in v.stdout
     g = _cli(["generate", "--ckpt", str(ckpt), "--prompt", "In the beginning", "--prompt", "hacker",
               "--max_new_tokens", "5", "--json"], cwd=tmp_path)
     assert g.returncode == 0, g.stderr[-2000:]

@@ -276,6 +276,14 @@ class ShardDataModule(L.LightningDataModule):
             return []
         return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate_fn())
 
+    def test_dataloader(self) -> DataLoader | list:
+        """``test`` scores the held-out (validation) shards: one finite, unshuffled pass."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """``predict`` scores the held-out (validation) shards, per example."""
+        return self.val_dataloader()
+
     def stats(self) -> dict[str, int]:
         """Training counters of this rank (tokens, documents, bad shards, truncations), as consumed.
 
