@@ -14,29 +14,20 @@ import torch
 
 from .config import ModelConfig
 from .generate import SamplingOptions, generate_text
-from .models import LanguageModel, build_model
-from .modules.checkpoint import check_compatible, load_lightning_checkpoint, load_weights, save_safetensors
+from .models import LanguageModel
+from .modules.checkpoint import model_from_checkpoint, save_safetensors
 from .tokenizer import Tokenizer, load_tokenizer
 
 
 def load_for_inference(ckpt: str | Path, tokenizer: Optional[str] = None,
                        device: str = "cpu") -> tuple[LanguageModel, Tokenizer, ModelConfig]:
     """Model (eval mode), tokenizer and config from a Lightning checkpoint or safetensors file."""
-    ckpt = Path(ckpt)
-    state, cfg_dict = load_weights(ckpt)
-    if cfg_dict is None:
-        raise ValueError(f"{ckpt} holds no model config; export it with `python -m lightning_redllm export`")
-    cfg = ModelConfig.from_dict(cfg_dict)
-    tok_name = tokenizer
-    if tok_name is None and ckpt.suffix == ".ckpt":
-        tok_name = load_lightning_checkpoint(ckpt).get("hyper_parameters", {}).get("tokenizer")
+    model, cfg, hparams = model_from_checkpoint(ckpt)
+    tok_name = tokenizer or hparams.get("tokenizer")
     if tok_name is None:
         raise ValueError(f"no tokenizer recorded in {ckpt}; pass --tokenizer")
     tok = load_tokenizer(tok_name)
     tok.check_fits(cfg.vocab_size)
-    model = build_model(cfg)
-    check_compatible(cfg, cfg_dict, state, model, ckpt)
-    model.load_state_dict(state)
     return model.to(device).eval(), tok, cfg
 
 
@@ -90,15 +81,9 @@ def export_main(argv: Sequence[str]) -> int:
     p.add_argument("--ckpt", required=True, help="Lightning .ckpt file or DeepSpeed checkpoint directory")
     p.add_argument("--out", required=True, help="output .safetensors path")
     a = p.parse_args(list(argv))
-    state, cfg_dict = load_weights(a.ckpt)
-    if cfg_dict is None:
-        raise ValueError(f"{a.ckpt} holds no model config")
-    cfg = ModelConfig.from_dict(cfg_dict)
-    model = build_model(cfg)
-    check_compatible(cfg, cfg_dict, state, model, a.ckpt)
-    model.load_state_dict(state)
+    model, cfg, _ = model_from_checkpoint(a.ckpt)
     out = save_safetensors(model, cfg, a.out)
-    print(f"wrote {out} ({sum(v.numel() for v in state.values()) / 1e6:.2f}M parameters, {cfg.family})")
+    print(f"wrote {out} ({model.num_parameters() / 1e6:.2f}M parameters, {cfg.family})")
     return 0
 
 

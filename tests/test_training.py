@@ -194,3 +194,9 @@ def test_help_lists_subcommands(tmp_path):
     r = _cli(["--help"], cwd=tmp_path)
     for sub in ("fit", "validate", "test", "predict", "generate", "export"):
         assert sub in r.stdout
+
+
+def test_the_shared_base_module_refuses_to_be_used_directly():
+    from lightning_redllm.modules import LanguageModelModule
+    with pytest.raises(TypeError, match="objective"):
+        LanguageModelModule()

@@ -96,7 +96,8 @@ class ShardIterableDataset(IterableDataset):
         self.make_stream(0, max(1, num_workers), new_stats())
 
     def iterator(self, worker: int = 0, num_workers: int = 1) -> ShardIterator:
-        raise NotImplementedError
+        """Abstract: the per-worker iterator (PretrainDataset / InstructDataset implement it)."""
+        raise NotImplementedError(f"{type(self).__name__}.iterator")
 
     def __iter__(self) -> ShardIterator:
         info = get_worker_info()
@@ -131,7 +132,8 @@ class ShardIterator:
         return item
 
     def next_item(self) -> dict:
-        raise NotImplementedError
+        """Abstract: the next sample (packed sequence or instruct example)."""
+        raise NotImplementedError(f"{type(self).__name__}.next_item")
 
     def extra_state(self) -> dict[str, Any]:
         return {}
@@ -248,10 +250,12 @@ class ShardDataModule(L.LightningDataModule):
 
     # -- datasets / loaders --------------------------------------------------------------------
     def train_dataset(self) -> ShardIterableDataset:
-        raise NotImplementedError
+        """Abstract: PretrainDataModule / InstructDataModule build their dataset here."""
+        raise NotImplementedError(f"{type(self).__name__}.train_dataset")
 
     def val_dataset(self) -> ShardIterableDataset | None:
-        raise NotImplementedError
+        """Abstract: the finite validation dataset, or None."""
+        raise NotImplementedError(f"{type(self).__name__}.val_dataset")
 
     def collate_fn(self):
         return None

@@ -15,6 +15,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from ..data.objectives import causal_lm, prefix_lm
 from ..data.shards import decode_npy, iter_shard, open_shards, source_of
 from ..models import DecLLM, LanguageModel, RedLLM
 
@@ -39,8 +40,6 @@ def _packed(docs: Sequence[torch.Tensor], seq_len: int, max_sequences: Optional[
 def score_sequences(model: LanguageModel, tokens: torch.Tensor, bos_id: int, batch_size: int,
                     prefix_len: Optional[int] = None) -> tuple[float, int, int]:
     """(summed nll, predicted tokens, correct argmax) over packed ``tokens`` (N, L)."""
-    from ..data.objectives import causal_lm, prefix_lm
-
     device = model.embed.weight.device
     nll_sum, count, correct = 0.0, 0, 0
     for start in range(0, tokens.shape[0], batch_size):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..nn import IGNORE_INDEX, RMSNorm, RotaryEmbedding, linear_cross_entropy
+from ..nn import IGNORE_INDEX, KVCache, RMSNorm, RotaryEmbedding, linear_cross_entropy
 
 
 @dataclass
@@ -61,6 +61,14 @@ class LanguageModel(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()
 
+    def _kv_caches(self, n_layers: int, batch: int, max_len: int, dtype: Optional[torch.dtype],
+                   device: Optional[torch.device]) -> list[KVCache]:
+        """One self-attention cache per layer, in the model's dtype/device unless given."""
+        cfg = self.config
+        dtype = dtype or self.embed.weight.dtype
+        device = device or self.embed.weight.device
+        return [KVCache(batch, cfg.n_kv_heads, cfg.head_dim, max_len, dtype, device) for _ in range(n_layers)]
+
     # ------------------------------------------------------------------ checks
     def _check_ids(self, name: str, ids: torch.Tensor) -> None:
         if not isinstance(ids, torch.Tensor):
@@ -70,7 +78,7 @@ class LanguageModel(nn.Module):
         if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
             raise ValueError(f"{name} must have shape (batch, length) with both > 0, got {tuple(ids.shape)}")
         if self.validate_inputs and not torch.compiler.is_compiling():
-            lo, hi = int(ids.min()), int(ids.max())
+            lo, hi = (int(v) for v in torch.aminmax(ids))
             if lo < 0 or hi >= self.config.vocab_size:
                 bad = lo if lo < 0 else hi
                 raise ValueError(

@@ -29,10 +29,7 @@ class DecLLM(LanguageModel):
 
     def init_cache(self, batch: int, max_len: int, dtype: Optional[torch.dtype] = None,
                    device: Optional[torch.device] = None) -> list[KVCache]:
-        cfg = self.config
-        dtype = dtype or self.embed.weight.dtype
-        device = device or self.embed.weight.device
-        return [KVCache(batch, cfg.n_kv_heads, cfg.head_dim, max_len, dtype, device) for _ in self.layers]
+        return self._kv_caches(len(self.layers), batch, max_len, dtype, device)
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
                 positions: Optional[torch.Tensor] = None,

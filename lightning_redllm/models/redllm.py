@@ -73,13 +73,8 @@ class RedLLM(LanguageModel):
     # ------------------------------------------------------------------ decoder
     def init_cache(self, batch: int, max_len: int, dtype: Optional[torch.dtype] = None,
                    device: Optional[torch.device] = None) -> RedLLMCache:
-        cfg = self.config
-        dtype = dtype or self.embed.weight.dtype
-        device = device or self.embed.weight.device
-        return RedLLMCache(
-            self_attn=[KVCache(batch, cfg.n_kv_heads, cfg.head_dim, max_len, dtype, device) for _ in self.decoder],
-            cross_attn=[CrossKVCache() for _ in self.decoder],
-        )
+        return RedLLMCache(self_attn=self._kv_caches(len(self.decoder), batch, max_len, dtype, device),
+                           cross_attn=[CrossKVCache() for _ in self.decoder])
 
     def decode(self, decoder_input_ids: torch.Tensor, encoder: EncoderOutput,
                labels: Optional[torch.Tensor] = None, *, cache: Optional[RedLLMCache] = None,
@@ -99,8 +94,10 @@ class RedLLM(LanguageModel):
         k = lengths if lengths is not None else torch.full((b,), s, device=device, dtype=torch.long)
         dec_pos = k.view(b, 1) + torch.arange(past, past + t, device=device).view(1, t)  # (B, T)
         cos, sin = self.rope(dec_pos, max_position=s + past + t - 1)
-        enc_pos = torch.arange(s, device=device).expand(b, s)
-        enc_cos, enc_sin = self.rope(enc_pos, max_position=s - 1)
+        enc_cos = enc_sin = None
+        if cache is None or cache.cross_attn[0].k is None:  # cached cross K/V are already rotated
+            enc_pos = torch.arange(s, device=device).expand(b, s)
+            enc_cos, enc_sin = self.rope(enc_pos, max_position=s - 1)
 
         self_mask = build_mask(causal, b, t, past + t, device, q_offset=past) if past > 0 and t > 1 else None
         self_inputs = AttentionInputs(cos=cos, sin=sin, mask=self_mask, is_causal=self_mask is None and t > 1)

@@ -29,6 +29,10 @@ from .optim import OPTIMIZERS, build_optimizer, lr_multiplier, param_groups
 log = logging.getLogger(__name__)
 
 
+#: methods each family must provide (checked when a module is constructed)
+ABSTRACT_HOOKS = ("objective", "forward_batch", "batch_flops")
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when ``nan_policy`` says stop (after saving a checkpoint for inspection)."""
 
@@ -76,6 +80,10 @@ class LanguageModelModule(L.LightningModule):
                  nan_policy: Literal["skip", "stop"] = "skip", max_bad_steps: int = 10,
                  activation_checkpointing: bool = False) -> None:
         super().__init__()
+        missing = [h for h in ABSTRACT_HOOKS if getattr(type(self), h) is getattr(LanguageModelModule, h)]
+        if missing:
+            raise TypeError(f"{type(self).__name__} must implement {missing} (see DecLLMModule / RedLLMModule); "
+                            "LanguageModelModule is only the shared base")
         self.save_hyperparameters()
         self.config = ModelConfig.from_name(preset, **(overrides or {}))
         if self.family and self.config.family != self.family:
@@ -166,20 +174,20 @@ class LanguageModelModule(L.LightningModule):
 
     # ------------------------------------------------------------------ to override
     def objective(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Data batch -> model inputs incl. ``labels`` (-100 = no loss)."""
-        raise NotImplementedError
+        """Data batch -> model inputs incl. ``labels`` (-100 = no loss). Abstract: every family implements it."""
+        raise NotImplementedError(f"{type(self).__name__}.objective")
 
     def forward_batch(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
-        """Run the model on the output of :meth:`objective`, returning loss terms."""
-        raise NotImplementedError
+        """Run the model on the output of :meth:`objective`, returning loss terms. Abstract."""
+        raise NotImplementedError(f"{type(self).__name__}.forward_batch")
 
     def input_tokens(self, inputs: dict[str, torch.Tensor]) -> int:
         """Tokens the model processes for this batch (throughput accounting)."""
         return sum(int(v.numel()) for k, v in inputs.items() if k.endswith("input_ids"))
 
     def batch_flops(self, inputs: dict[str, torch.Tensor]) -> int:
-        """Training FLOPs of this batch for MFU."""
-        raise NotImplementedError
+        """Training FLOPs of this batch for MFU. Abstract."""
+        raise NotImplementedError(f"{type(self).__name__}.batch_flops")
 
     # ------------------------------------------------------------------ steps
     def forward(self, **inputs: torch.Tensor) -> ModelOutput:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -50,8 +50,23 @@ def load_lightning_checkpoint(path: Path) -> dict[str, Any]:
     return load_torch_file(path, map_location="cpu", weights_only=True)
 
 
+class Checkpoint(NamedTuple):
+    """What a checkpoint holds for building a model: bare weights, the saved ``ModelConfig`` dict and
+    the LightningModule hyperparameters (tokenizer, ...); the last two may be None."""
+
+    state: dict[str, torch.Tensor]
+    config: Optional[dict[str, Any]]
+    hparams: Optional[dict[str, Any]]
+
+
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
-    """(model state dict, saved model config dict or None) from a ckpt file, DeepSpeed dir or safetensors."""
+    """(model state dict, saved model config dict or None) from a ckpt file, sharded dir or safetensors."""
+    ckpt = read_checkpoint(path)
+    return ckpt.state, ckpt.config
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """One read of a ckpt file, sharded checkpoint dir or safetensors file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"init_from checkpoint not found: {path}")
@@ -66,14 +81,14 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[di
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         cfg = json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
-        return load_file(str(path)), cfg
+        return Checkpoint(load_file(str(path)), cfg, None)
     ckpt = load_lightning_checkpoint(path)
     if "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
-    return _strip_prefix(ckpt["state_dict"]), ckpt.get("model_config")
+    return Checkpoint(_strip_prefix(ckpt["state_dict"]), ckpt.get("model_config"), ckpt.get("hyper_parameters"))
 
 
-def _load_distributed_dir(path: Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
+def _load_distributed_dir(path: Path) -> Checkpoint:
     """A sharded ``torch.distributed.checkpoint`` folder (Lightning ``ModelParallelStrategy`` /
     FSDP2): consolidated in memory on one process, read with ``weights_only=True``."""
     import tempfile
@@ -92,10 +107,10 @@ def _load_distributed_dir(path: Path) -> tuple[dict[str, torch.Tensor], Optional
         ckpt = load_torch_file(full)
     if "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning sharded checkpoint (no 'state_dict')")
-    return _strip_prefix(ckpt["state_dict"]), meta.get("model_config")
+    return Checkpoint(_strip_prefix(ckpt["state_dict"]), meta.get("model_config"), meta.get("hyper_parameters"))
 
 
-def _load_deepspeed_dir(path: Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
+def _load_deepspeed_dir(path: Path) -> Checkpoint:
     try:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     except ImportError as err:
@@ -105,16 +120,16 @@ def _load_deepspeed_dir(path: Path) -> tuple[dict[str, torch.Tensor], Optional[d
         ) from err
     from ..reliability import load_torch_file
 
-    cfg = None
+    cfg = hparams = None
     # weights_only=True first: a tampered model-states file is refused before DeepSpeed's loader
     # (which uses weights_only=False) opens the directory. DeepSpeed's own keys (param_shapes of
     # torch.Size, ds_config dict, ds_version str, ...) and Lightning's client state are plain data.
     for client in sorted(path.rglob("*model_states.pt")):
         client_state = load_torch_file(client, map_location="cpu", weights_only=True)
         if cfg is None:
-            cfg = client_state.get("model_config")
+            cfg, hparams = client_state.get("model_config"), client_state.get("hyper_parameters")
     state = get_fp32_state_dict_from_zero_checkpoint(str(path))
-    return _strip_prefix(state), cfg
+    return Checkpoint(_strip_prefix(state), cfg, hparams)
 
 
 def check_compatible(own: ModelConfig, saved: Optional[dict[str, Any]], state: dict[str, torch.Tensor],
@@ -141,6 +156,20 @@ def check_compatible(own: ModelConfig, saved: Optional[dict[str, Any]], state: d
             k = wrong[0]
             parts.append(f"shape of {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}")
         raise ValueError(f"checkpoint {path} does not fit this {own.family} model: " + "; ".join(parts))
+
+
+def model_from_checkpoint(path: str | Path):
+    """(model with the checkpoint's weights, its ModelConfig, module hyperparameters or {})."""
+    from ..models import build_model
+
+    ckpt = read_checkpoint(path)
+    if ckpt.config is None:
+        raise ValueError(f"{path} holds no model config; export it with `python -m lightning_redllm export`")
+    cfg = ModelConfig.from_dict(ckpt.config)
+    model = build_model(cfg)
+    check_compatible(cfg, ckpt.config, ckpt.state, model, path)
+    model.load_state_dict(ckpt.state)
+    return model, cfg, ckpt.hparams or {}
 
 
 def _unused_layer_key(cfg: ModelConfig, key: str) -> bool:
