@@ -92,13 +92,15 @@ def test_decllm_matches_hf_llama():
     with torch.no_grad():
         ours_logits = ours(x).logits
         ref_logits = ref(input_ids=x).logits
+    # HF computes RoPE frequencies (and the loss) in fp32 even in an fp64 model, so the agreement is
+    # fp32-level: |diff| ~ 1e-7 relative per op; 1e-5 leaves room for 2 layers and any CPU kernel
     torch.testing.assert_close(ours_logits, ref_logits, atol=1e-5, rtol=1e-5)
-    # the loss too (HF shifts inside; ours takes pre-shifted labels)
+    # the loss too (HF shifts inside; ours takes pre-shifted labels); HF returns it in fp32
     labels = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
     with torch.no_grad():
         ref_loss = ref(input_ids=x, labels=x).loss
         ours_loss = ours(x, labels=labels).loss
-    torch.testing.assert_close(ours_loss, ref_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours_loss.float(), ref_loss, atol=1e-5, rtol=1e-5)
 
 
 def test_decllm_is_causal():

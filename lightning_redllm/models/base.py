@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..nn import IGNORE_INDEX, KVCache, RMSNorm, RotaryEmbedding, linear_cross_entropy
+from ..nn.norm import compute_dtype
 
 
 @dataclass
@@ -46,6 +47,10 @@ class LanguageModel(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.max_seq_len)
+
+    def rope_tables(self, positions: torch.Tensor, max_position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin for ``positions`` (B, T): fp32 tables, fp64 for an fp64 model."""
+        return self.rope(positions, max_position, dtype=compute_dtype(self.embed.weight.dtype))
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()

@@ -66,7 +66,7 @@ class DecLLM(LanguageModel):
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
                 positions = torch.arange(past, past + t, device=device).expand(b, t)
-        cos, sin = self.rope(positions, max_position=past + t - 1)
+        cos, sin = self.rope_tables(positions, max_position=past + t - 1)
 
         mask = None
         if attention_mask is not None or prefix_lengths is not None or (past > 0 and t > 1):

@@ -63,7 +63,7 @@ class RedLLM(LanguageModel):
             # pad queries see the real keys too, so no row is fully masked; their outputs are ignored
             mask = build_mask(padding(encoder_lengths), b, s, s, device)
         positions = torch.arange(s, device=device).expand(b, s)
-        cos, sin = self.rope(positions, max_position=s - 1)
+        cos, sin = self.rope_tables(positions, max_position=s - 1)
         inputs = AttentionInputs(cos=cos, sin=sin, mask=mask, is_causal=False)
         x = self.embed(encoder_input_ids)  # (B, S, C)
         for layer in self.encoder:
@@ -93,11 +93,11 @@ class RedLLM(LanguageModel):
 
         k = lengths if lengths is not None else torch.full((b,), s, device=device, dtype=torch.long)
         dec_pos = k.view(b, 1) + torch.arange(past, past + t, device=device).view(1, t)  # (B, T)
-        cos, sin = self.rope(dec_pos, max_position=s + past + t - 1)
+        cos, sin = self.rope_tables(dec_pos, max_position=s + past + t - 1)
         enc_cos = enc_sin = None
         if cache is None or cache.cross_attn[0].k is None:  # cached cross K/V are already rotated
             enc_pos = torch.arange(s, device=device).expand(b, s)
-            enc_cos, enc_sin = self.rope(enc_pos, max_position=s - 1)
+            enc_cos, enc_sin = self.rope_tables(enc_pos, max_position=s - 1)
 
         self_mask = build_mask(causal, b, t, past + t, device, q_offset=past) if past > 0 and t > 1 else None
         self_inputs = AttentionInputs(cos=cos, sin=sin, mask=self_mask, is_causal=self_mask is None and t > 1)

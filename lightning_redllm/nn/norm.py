@@ -1,6 +1,7 @@
 """RMSNorm: the learned pre-norm and the parameter-free variant used on Q, K, V (and attention outputs).
 
-Both compute in fp32 and cast back to the input dtype, so bf16 training normalizes accurately.
+Both compute in at least fp32 (``compute_dtype``) and cast back to the input dtype, so bf16
+training normalizes accurately and an fp64 model (the tests' reference comparisons) stays fp64.
 """
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision numerically sensitive ops run in: fp32 for bf16/fp16/fp32, fp64 for fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Parameter-free RMSNorm over the last dimension (fp32 compute, input dtype out)."""
-    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+    """Parameter-free RMSNorm over the last dimension (>= fp32 compute, input dtype out)."""
+    return F.rms_norm(x.to(compute_dtype(x.dtype)), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -26,8 +32,9 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        dtype = compute_dtype(x.dtype)
+        normed = F.rms_norm(x.to(dtype), (x.shape[-1],), eps=self.eps)
+        return (normed * self.weight.to(dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
