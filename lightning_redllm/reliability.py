@@ -40,24 +40,12 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
+from .errors import USER_ERRORS, CheckpointLoadError, CheckpointWriteError
+
 log = logging.getLogger(__name__)
 
 TMP_MARKER = ".tmp-"
 TRACEBACK_ENV = "LIGHTNING_REDLLM_TRACEBACK"
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, permission, not a directory, ...).
-
-    Carries the ``errno`` of the underlying OSError; the previous file at ``filename`` is untouched.
-    """
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-class CheckpointLoadError(ValueError):
-    """A checkpoint file is truncated, corrupt, or holds objects ``weights_only=True`` refuses."""
 
 
 def _is_local(path: str) -> bool:
@@ -248,12 +236,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # CLI errors
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .modules.base import NonFiniteLossError
-
-    return (ValueError, OSError, NonFiniteLossError)
-
-
 def one_line(err: BaseException) -> str:
     """``Type: message`` of ``err`` on one line; a DataLoader worker's re-raised error keeps only
     the original exception's last line (torch embeds the worker traceback in the message)."""
@@ -277,7 +259,7 @@ def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
     def run(*args: Any, **kwargs: Any) -> int:
         try:
             return int(main(*args, **kwargs) or 0)
-        except _user_errors() as err:
+        except USER_ERRORS as err:
             if os.environ.get(TRACEBACK_ENV):
                 raise
             print(f"error: {one_line(err)}", file=sys.stderr)

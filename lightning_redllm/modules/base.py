@@ -21,20 +21,17 @@ import torch
 from torchmetrics import MeanMetric
 
 from ..config import ModelConfig
+from ..errors import NonFiniteLossError
 from ..models import LanguageModel, ModelOutput, build_model
 from ..tokenizer import Tokenizer, load_tokenizer
 from .checkpoint import check_compatible, load_weights
-from .optim import OPTIMIZERS, build_optimizer, lr_multiplier, param_groups
+from .optim import OPTIMIZERS, build_optimizer, lr_multiplier, param_groups, scale_grad
 
 log = logging.getLogger(__name__)
 
 
 #: methods each family must provide (checked when a module is constructed)
 ABSTRACT_HOOKS = ("objective", "forward_batch", "batch_flops")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when ``nan_policy`` says stop (after saving a checkpoint for inspection)."""
 
 
 class LanguageModelModule(L.LightningModule):
@@ -62,6 +59,12 @@ class LanguageModelModule(L.LightningModule):
             ``nonfinite-step<N>.ckpt`` in the run folder and raises ``NonFiniteLossError``.
         activation_checkpointing: recompute each block's activations in backward (less memory,
             ~1/3 more compute).
+        loss_normalization: how the per-token losses of one optimizer step are averaged.
+            ``step_tokens`` (default, T5X's): sum of every token loss of the step / all counted
+            tokens of the step, across gradient accumulation and data-parallel ranks, so every
+            token weighs the same however ragged the batches are. ``micro_batch``: the mean of each
+            micro-batch's mean (Lightning's default behaviour). Identical for packed pretraining
+            batches, where every micro-batch holds the same number of tokens.
 
     Under Lightning's ``ModelParallelStrategy`` the model is built on the meta device and sharded
     with FSDP2 (``lightning_redllm.parallel``) before any weight is allocated: the mesh's
@@ -78,7 +81,8 @@ class LanguageModelModule(L.LightningModule):
                  schedule: Literal["cosine", "constant", "inverse_sqrt"] = "cosine", warmup_steps: int = 100,
                  decay_steps: Optional[int] = None, min_lr_ratio: float = 0.1,
                  nan_policy: Literal["skip", "stop"] = "skip", max_bad_steps: int = 10,
-                 activation_checkpointing: bool = False) -> None:
+                 activation_checkpointing: bool = False,
+                 loss_normalization: Literal["step_tokens", "micro_batch"] = "step_tokens") -> None:
         super().__init__()
         missing = [h for h in ABSTRACT_HOOKS if getattr(type(self), h) is getattr(LanguageModelModule, h)]
         if missing:
@@ -97,6 +101,8 @@ class LanguageModelModule(L.LightningModule):
         if max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
         lr_multiplier(schedule, warmup_steps=warmup_steps, total_steps=1, min_lr_ratio=min_lr_ratio)  # validates
+        if loss_normalization not in ("step_tokens", "micro_batch"):
+            raise ValueError(f"loss_normalization must be 'step_tokens' or 'micro_batch', got {loss_normalization!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
         self.model: Optional[LanguageModel] = None
@@ -108,6 +114,7 @@ class LanguageModelModule(L.LightningModule):
         self._bad_streak = 0
         self._step_bad = False  # this batch hit a non-finite loss or gradient
         self.flops_per_batch: Optional[int] = None
+        self._step_tokens: Optional[torch.Tensor] = None  # counted tokens of this optimizer step (this rank)
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
@@ -210,6 +217,13 @@ class LanguageModelModule(L.LightningModule):
             self._on_bad_step(f"non-finite loss ({float(out.loss.detach())})")
             return None
         count = out.num_tokens.clamp(min=1)
+        backward_loss = out.loss
+        if self.hparams.loss_normalization == "step_tokens":
+            # value: this micro-batch's mean; gradient: that of the sum of its token losses.
+            # normalize_gradients then divides by the tokens of the whole step (all micro-batches, ranks)
+            tokens = out.num_tokens.detach()
+            self._step_tokens = tokens if self._step_tokens is None else self._step_tokens + tokens
+            backward_loss = scale_grad(out.loss, out.num_tokens)
         self.log("train/loss", out.loss, prog_bar=True)
         self.log("train/nll", out.nll)
         self.log("train/ppl", torch.exp(out.nll.clamp(max=30)))
@@ -219,9 +233,31 @@ class LanguageModelModule(L.LightningModule):
         self.log("train/tokens_seen", float(self.tokens_seen))
         if self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        return out.loss
+        return backward_loss
+
+    def on_train_epoch_start(self) -> None:
+        self._step_tokens = None
+
+    def normalize_gradients(self) -> None:
+        """``loss_normalization='step_tokens'``: turn the accumulated gradient of summed token
+        losses into the gradient of the mean over every counted token of the step.
+
+        Lightning divides each micro-batch loss by ``accumulate_grad_batches`` (A) and DDP/FSDP
+        average gradients over the W ranks, so the gradient here is sum_tokens(grad) / (A * W);
+        multiplying by A * W / N (N = counted tokens of the step summed over ranks: one
+        all-reduce of a scalar, no host sync) gives sum_tokens(grad) / N.
+        """
+        tokens, self._step_tokens = self._step_tokens, None
+        if self.hparams.loss_normalization != "step_tokens" or tokens is None:
+            return
+        total = self.trainer.strategy.reduce(tokens.float(), reduce_op="sum")
+        scale = (self.trainer.accumulate_grad_batches * self.trainer.world_size) / total.clamp(min=1)
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale.to(device=p.grad.device, dtype=p.grad.dtype))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.normalize_gradients()
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return

@@ -54,6 +54,27 @@ def lr_multiplier(name: str, *, warmup_steps: int, total_steps: int, min_lr_rati
     return functools.partial(fns[name], warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio)
 
 
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.save_for_backward(factor)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (factor,) = ctx.saved_tensors
+        return grad * factor.to(grad.dtype), None
+
+
+def scale_grad(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged in the forward pass; its gradient multiplied by ``factor`` in backward.
+
+    Turns a micro-batch *mean* loss into one whose gradient is that of the *sum* (factor = the
+    micro-batch's token count) while the value callbacks and the progress bar see stays the mean.
+    """
+    return _ScaleGrad.apply(x, factor.detach())
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only (projections and the tied embedding); none on norm scales."""
     decay, no_decay = [], []
