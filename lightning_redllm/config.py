@@ -39,6 +39,10 @@ class ModelConfig:
         qkv_norm: parameter-free RMSNorm on Q, K and V over the head dim (study: on, both families).
         attn_out_norm: parameter-free RMSNorm of each head's attention output before the output
             projection. ``None`` picks the study's choice: on for RedLLM, off for DecLLM.
+        bidirectional_prefix: DecLLM only: the model attends its prompt (bos + inputs)
+            bidirectionally, the study's "DecLLM + BiAttn". Set by instruction tuning with it and
+            recorded in every checkpoint, so generation, scoring and ``evaluate`` attend the prompt
+            the way the model was tuned.
         dropout: residual-branch and attention dropout (study: 0 pretraining, 0.05 finetuning).
         init_std: std of the normal init of embeddings and input projections.
         loss_chunk_tokens: tokens per chunk of the fused output-projection + cross-entropy.
@@ -60,6 +64,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     qkv_norm: bool = True
     attn_out_norm: Optional[bool] = None
+    bidirectional_prefix: bool = False
     dropout: float = 0.0
     init_std: float = 0.02
     loss_chunk_tokens: int = 4096
@@ -84,6 +89,9 @@ class ModelConfig:
             )
         if self.head_dim % 2 != 0:
             raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
+        if self.bidirectional_prefix and self.family != "decllm":
+            raise ValueError("ModelConfig.bidirectional_prefix is a DecLLM option (RedLLM's encoder is always "
+                             f"bidirectional), got family={self.family!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:

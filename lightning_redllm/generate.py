@@ -4,7 +4,9 @@ Prompts of different lengths are batched together:
 
 * DecLLM: prompts are left-padded; an attention mask hides the padding keys and RoPE positions
   start at 0 on each prompt's first real token, so every row computes exactly what it would alone.
-  ``bos`` is prepended, matching training (every training sequence starts with ``bos``).
+  ``bos`` is prepended, matching training (every training sequence starts with ``bos``). A model
+  tuned with ``bidirectional_prefix`` ("DecLLM + BiAttn", recorded in its config) attends the
+  prompt (bos + prompt tokens) bidirectionally, as in its training; generated tokens stay causal.
 * RedLLM: prompts go right-padded into the encoder (with their lengths); the decoder starts from
   ``bos`` at position ``k`` (the prompt length) and the cross-attention K/V are computed once.
 
@@ -132,7 +134,10 @@ def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out = []
     cache = model.init_cache(b, p_len + opts.max_new_tokens) if use_cache else None
-    logits = model(ids, attention_mask=mask, cache=cache, return_logits=True).logits[:, -1]
+    prefix = None
+    if model.config.bidirectional_prefix:  # counted from each row's first real token
+        prefix = torch.tensor([len(r) for r in rows], dtype=torch.long, device=device)
+    logits = model(ids, attention_mask=mask, prefix_lengths=prefix, cache=cache, return_logits=True).logits[:, -1]
     for step in range(opts.max_new_tokens):
         nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
         out.append(nxt)
@@ -143,7 +148,7 @@ def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
             logits = model(nxt.unsqueeze(1), attention_mask=mask, cache=cache, return_logits=True).logits[:, -1]
         else:
             ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
-            logits = model(ids, attention_mask=mask, return_logits=True).logits[:, -1]
+            logits = model(ids, attention_mask=mask, prefix_lengths=prefix, return_logits=True).logits[:, -1]
     return torch.stack(out, dim=1)
 
 

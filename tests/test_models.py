@@ -209,9 +209,9 @@ def test_redllm_continuous_positions():
     seen = []
     orig = m.rope.forward
 
-    def spy(positions, max_position=None):
+    def spy(positions, max_position=None, **kw):
         seen.append(positions.clone())
-        return orig(positions, max_position)
+        return orig(positions, max_position, **kw)
 
     m.rope.forward = spy
     with torch.no_grad():

@@ -57,6 +57,25 @@ def prefix_lm(tokens: torch.Tensor, prefix_len: int, bos_id: int) -> dict[str, t
     }
 
 
+def prefix_causal_lm(tokens: torch.Tensor, prefix_len: int, bos_id: int) -> dict[str, torch.Tensor]:
+    """Decoder-only prefix LM ("DecLLM + BiAttn" scoring): the same split as :func:`prefix_lm`.
+
+    ``input_ids`` (B, L) = ``[bos] + tokens[:, :-1]``; ``labels`` = ``tokens`` with IGNORE_INDEX on
+    the first P positions (the prefix is seen bidirectionally, so it cannot be a target);
+    ``prefix_lengths`` (B,) = P + 1 (bos + the P prefix tokens).
+    """
+    _check_2d("tokens", tokens)
+    seq_len = tokens.shape[1]
+    if not 0 < prefix_len < seq_len:
+        raise ValueError(f"prefix_len must be in (0, {seq_len}) for sequences of {seq_len} tokens, got {prefix_len}")
+    out = causal_lm(tokens, bos_id)
+    labels = out["labels"].clone()
+    labels[:, :prefix_len] = IGNORE_INDEX
+    out["labels"] = labels
+    out["prefix_lengths"] = torch.full((tokens.shape[0],), prefix_len + 1, dtype=torch.long, device=tokens.device)
+    return out
+
+
 def _positions(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device).unsqueeze(0).expand(lengths.shape[0], width)  # (B, W)
 

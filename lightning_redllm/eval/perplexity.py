@@ -3,7 +3,9 @@
 Documents of each source are packed on their own into non-overlapping sequences of ``seq_len``
 tokens (eos between documents, as in training), then scored with the training objective of the
 family: DecLLM predicts every token; RedLLM predicts the second part of each sequence from the
-first (``prefix_len``, default half). Reported: nats per predicted token, perplexity, token
+first (``prefix_len``, default half). A DecLLM tuned with ``bidirectional_prefix`` ("DecLLM +
+BiAttn") is scored the way it was tuned: the first ``prefix_len`` tokens attend bidirectionally and
+only the rest is predicted, like RedLLM. Reported: nats per predicted token, perplexity, token
 accuracy — per source and overall, for every requested length. Lengths above the training length
 measure extrapolation (RoPE positions past those seen in training).
 """
@@ -15,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ..data.objectives import causal_lm, prefix_lm
+from ..data.objectives import causal_lm, prefix_causal_lm, prefix_lm
 from ..data.shards import decode_npy, iter_shard, open_shards, source_of
 from ..models import DecLLM, LanguageModel, RedLLM
 
@@ -48,6 +50,9 @@ def score_sequences(model: LanguageModel, tokens: torch.Tensor, bos_id: int, bat
             p = prefix_len or chunk.shape[1] // 2
             b = prefix_lm(chunk, p, bos_id)
             out = model(b["encoder_input_ids"], b["decoder_input_ids"], b["labels"])
+        elif isinstance(model, DecLLM) and model.config.bidirectional_prefix:
+            b = prefix_causal_lm(chunk, prefix_len or chunk.shape[1] // 2, bos_id)
+            out = model(b["input_ids"], b["labels"], prefix_lengths=b["prefix_lengths"])
         elif isinstance(model, DecLLM):
             b = causal_lm(chunk, bos_id)
             out = model(b["input_ids"], b["labels"])

@@ -45,7 +45,8 @@ class DecLLM(LanguageModel):
             positions: (B, T) RoPE positions; default ``past + arange(T)``, or derived from
                 ``attention_mask`` (first real token at position 0) when that is given.
             attention_mask: (B, past + T) bool, False for (left) padding keys.
-            prefix_lengths: (B,) tokens at the start of each example that attend bidirectionally.
+            prefix_lengths: (B,) tokens at the start of each example that attend bidirectionally
+                (counted from the first real token when ``attention_mask`` marks left padding).
             cache: per-layer KV caches for incremental decoding.
             z_loss: weight of the z-loss term (study: 1e-4 in pretraining).
             return_logits: default: only when no labels are given.
@@ -71,7 +72,12 @@ class DecLLM(LanguageModel):
         mask = None
         if attention_mask is not None or prefix_lengths is not None or (past > 0 and t > 1):
             fn = causal
-            if prefix_lengths is not None:
+            if prefix_lengths is not None and attention_mask is not None:
+                # left padding: the prefix is counted from each row's first real token
+                key_pos = attention_mask.long().cumsum(-1) - 1  # (B, past + T)
+                in_prefix = attention_mask.bool() & (key_pos < prefix_lengths.to(device).view(b, 1))
+                fn = or_masks(fn, key_valid(in_prefix))
+            elif prefix_lengths is not None:
                 fn = or_masks(fn, prefix(prefix_lengths.to(device)))
             if attention_mask is not None:
                 # the diagonal keeps fully padded query rows finite; their outputs are never used

@@ -17,7 +17,9 @@ class DecLLMModule(LanguageModelModule):
 
     Args:
         bidirectional_prefix: in instruction tuning, let the input tokens attend to each other
-            bidirectionally (the study's "DecLLM + BiAttn"); targets stay causal.
+            bidirectionally (the study's "DecLLM + BiAttn"); targets stay causal. Recorded in the
+            model config (``ModelConfig.bidirectional_prefix``, also settable through ``overrides``),
+            so checkpoints generate and score the same way.
         pad_to_multiple: instruction batches are padded to a multiple of this length.
         **kwargs: see :class:`LanguageModelModule`.
     """
@@ -27,8 +29,13 @@ class DecLLMModule(LanguageModelModule):
     def __init__(self, preset: str = "decllm-tiny", *, bidirectional_prefix: bool = False,
                  pad_to_multiple: int = 64, **kwargs: Any) -> None:
         super().__init__(preset=preset, **kwargs)
-        self.bidirectional_prefix = bidirectional_prefix
+        if bidirectional_prefix:
+            self.config.bidirectional_prefix = True
         self.pad_to_multiple = pad_to_multiple
+
+    @property
+    def bidirectional_prefix(self) -> bool:
+        return self.config.bidirectional_prefix
 
     def objective(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tok = self.tokenizer

@@ -166,6 +166,8 @@ def model_from_checkpoint(path: str | Path):
     if ckpt.config is None:
         raise ValueError(f"{path} holds no model config; export it with `python -m lightning_redllm export`")
     cfg = ModelConfig.from_dict(ckpt.config)
+    if cfg.family == "decllm" and (ckpt.hparams or {}).get("bidirectional_prefix"):
+        cfg.bidirectional_prefix = True  # checkpoints written before the config recorded it
     model = build_model(cfg)
     check_compatible(cfg, ckpt.config, ckpt.state, model, path)
     model.load_state_dict(ckpt.state)
