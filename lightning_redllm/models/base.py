@@ -34,9 +34,12 @@ class LanguageModel(nn.Module):
     as the output projection (``logits = h @ E^T``).
 
     Initialization (``init_weights``): embedding and every input projection ~ N(0, init_std);
-    the projections that write into the residual stream (attention ``o_proj``, MLP ``down_proj``)
-    ~ N(0, init_std / sqrt(2 * n_blocks)) so the residual variance stays O(1) with depth
-    (GPT-2 / OLMo convention); RMSNorm scales = 1.
+    RMSNorm scales = 1; the projections that write into a residual stream (attention ``o_proj``
+    of self- and cross-attention, MLP ``down_proj``) ~ N(0, init_std / sqrt(W)), where W counts
+    the residual writes of *that* stream (:meth:`residual_streams`): a DecLLM stream gets 2 per
+    layer; RedLLM's encoder stream 2 per layer and its decoder stream 3 per layer (self-attention,
+    cross-attention, FFN). Each write then adds ~1/W of the same variance, so a stream's variance
+    at the top does not grow with its depth (the GPT-2 / OLMo rule, with writes counted per stream).
     """
 
     #: Check token ids against the vocabulary on every forward (costs one device sync).
@@ -57,14 +60,21 @@ class LanguageModel(nn.Module):
     def init_weights(self) -> None:
         cfg = self.config
         std = cfg.init_std
-        out_std = std / math.sqrt(2 * cfg.n_blocks)
+        streams = self.residual_streams()
         nn.init.normal_(self.embed.weight, mean=0.0, std=std)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                is_out = name.endswith("o_proj") or name.endswith("down_proj")
-                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
+                if name.endswith("o_proj") or name.endswith("down_proj"):
+                    writes = streams[name.split(".", 1)[0]]
+                    nn.init.normal_(module.weight, mean=0.0, std=std / math.sqrt(writes))
+                else:
+                    nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()
+
+    def residual_streams(self) -> dict[str, int]:
+        """Residual writes per stream, keyed by the top-level module holding the stream's blocks."""
+        raise NotImplementedError
 
     def _kv_caches(self, n_layers: int, batch: int, max_len: int, dtype: Optional[torch.dtype],
                    device: Optional[torch.device]) -> list[KVCache]:

@@ -27,6 +27,9 @@ class DecLLM(LanguageModel):
         self.layers = nn.ModuleList(Block.from_config(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
 
+    def residual_streams(self) -> dict[str, int]:
+        return {"layers": 2 * len(self.layers)}  # self-attention + FFN per layer
+
     def init_cache(self, batch: int, max_len: int, dtype: Optional[torch.dtype] = None,
                    device: Optional[torch.device] = None) -> list[KVCache]:
         return self._kv_caches(len(self.layers), batch, max_len, dtype, device)

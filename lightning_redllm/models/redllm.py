@@ -46,6 +46,11 @@ class RedLLM(LanguageModel):
         self.decoder = nn.ModuleList(Block.from_config(config, has_cross=True) for _ in range(config.n_decoder_layers))
         self.decoder_norm = RMSNorm(config.d_model, config.norm_eps)
 
+    def residual_streams(self) -> dict[str, int]:
+        # two separate streams: encoder blocks write twice (self-attention, FFN), decoder blocks
+        # three times (self-attention, cross-attention, FFN)
+        return {"encoder": 2 * len(self.encoder), "decoder": 3 * len(self.decoder)}
+
     # ------------------------------------------------------------------ encoder
     def encode(self, encoder_input_ids: torch.Tensor, encoder_lengths: Optional[torch.Tensor] = None) -> EncoderOutput:
         """encoder_input_ids: (B, S) right-padded; encoder_lengths: (B,) or None (no padding)."""
