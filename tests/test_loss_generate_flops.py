@@ -8,29 +8,98 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_redllm.config import ModelConfig, forward_flops_per_sequence, training_flops_per_sequence
 from lightning_redllm.generate import SamplingOptions, generate, sample_next
 from lightning_redllm.models import build_model
-from lightning_redllm.nn import linear_cross_entropy, reference_cross_entropy
+from lightning_redllm.nn import linear_cross_entropy
+
+pytestmark = pytest.mark.numerics
 
 
+def _reference_loss(h, w, y, z_loss):
+    """Independent reference: plain fp64 autograd over the materialized logits."""
+    logits = h.double() @ w.double().t()
+    valid = y != -100
+    lse = torch.logsumexp(logits, dim=-1)
+    target = logits.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    per_token = (lse - target) + z_loss * lse.square()
+    return (per_token * valid).sum() / valid.sum()
+
+
+def _inputs(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(2, 11, 16, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    w = torch.randn(50, 16, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    y = torch.randint(0, 50, (2, 11), generator=g)
+    y[0, :4] = -100
+    return h, w, y
+
+
+# Tolerances follow the compute dtype of the fused loss (its logits/lse/sums run in max(fp32, input)):
+#   fp64: eps 2.2e-16; sums of ~20 tokens x 50 classes stay below 1e-13 relative  -> 1e-12
+#   fp32: eps 1.2e-7; logsumexp over 50 classes and a 16-long dot product, a few hundred ulps -> 2e-5
+#   bf16: inputs and matmul in bf16 (eps 7.8e-3), the rest fp32; the reference sees the same
+#         bf16-rounded inputs in fp64, so only the bf16 matmul rounding remains -> 2e-2
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("z_loss", [0.0, 1e-2])
 @pytest.mark.parametrize("chunk", [3, 64])
-def test_chunked_linear_cross_entropy_matches_reference(z_loss, chunk):
-    torch.manual_seed(0)
-    h = torch.randn(2, 11, 16, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
-    y = torch.randint(0, 50, (2, 11))
-    y[0, :4] = -100
+def test_chunked_linear_cross_entropy_matches_fp64_reference(z_loss, chunk, dtype):
+    h, w, y = _inputs(dtype)
     out = linear_cross_entropy(h, w, y, z_loss=z_loss, chunk=chunk)
     (out.loss * 3.0).backward()
-    gh, gw = h.grad.clone(), w.grad.clone()
-    h.grad = w.grad = None
-    ref = reference_cross_entropy(h @ w.t(), y, z_loss=z_loss)
+    hr = h.detach().double().requires_grad_()
+    wr = w.detach().double().requires_grad_()
+    ref = _reference_loss(hr, wr, y, z_loss)
     (ref * 3.0).backward()
-    torch.testing.assert_close(out.loss, ref)
-    torch.testing.assert_close(gh, h.grad)
-    torch.testing.assert_close(gw, w.grad)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.loss.double(), ref.detach(), atol=tol, rtol=tol)
+    torch.testing.assert_close(h.grad.double(), hr.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(w.grad.double(), wr.grad, atol=tol, rtol=tol)
     assert out.num_tokens.item() == 18
-    logits = h @ w.t()
-    assert out.correct.item() == ((logits.argmax(-1) == y) & (y != -100)).sum().item()
+    if dtype == torch.float64:
+        logits = hr @ wr.t()
+        assert out.correct.item() == ((logits.argmax(-1) == y) & (y != -100)).sum().item()
+
+
+def test_sum_reduction_is_the_mean_times_the_tokens():
+    h, w, y = _inputs(torch.float64)
+    mean = linear_cross_entropy(h, w, y, z_loss=1e-2)
+    total = linear_cross_entropy(h, w, y, z_loss=1e-2, reduction="sum")
+    torch.testing.assert_close(total.loss, mean.loss * 18, atol=1e-12, rtol=1e-12)  # fp64
+    gh = torch.autograd.grad(total.loss, h)[0]
+    ref = torch.autograd.grad(_reference_loss(h, w, y, 1e-2) * 18, h)[0]
+    torch.testing.assert_close(gh, ref, atol=1e-12, rtol=1e-12)
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(h, w, y, reduction="none")
+
+
+def test_no_gradient_work_when_autograd_is_off():
+    """Under no_grad (validation, scoring, evaluate) the loss is one matmul per chunk: no gradient
+    buffers, none of the two backward matmuls, nothing saved for backward."""
+    h, w, y = _inputs(torch.float32)
+    n, c, v = 22, 16, 50
+    logits_flops = 2 * n * c * v
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    with torch.no_grad():
+        assert flops(lambda: linear_cross_entropy(h, w, y, chunk=4)) == logits_flops
+    # inputs that need no gradient, grad mode on: the same
+    assert flops(lambda: linear_cross_entropy(h.detach(), w.detach(), y, chunk=4)) == logits_flops
+    # training: logits + dL/dh + dL/dW computed in the forward pass
+    out = None
+
+    def train():
+        nonlocal out
+        out = linear_cross_entropy(h, w, y, chunk=4)
+
+    assert flops(train) == 3 * logits_flops
+    assert out.loss.requires_grad
+    with torch.no_grad():
+        assert not linear_cross_entropy(h, w, y).loss.requires_grad
 
 
 def test_loss_all_ignored_is_zero_not_nan():

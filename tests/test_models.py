@@ -10,6 +10,8 @@ import yaml
 from lightning_redllm.config import PRESETS, ModelConfig, num_parameters
 from lightning_redllm.models import DecLLM, RedLLM, build_model
 
+pytestmark = pytest.mark.numerics
+
 # The study's Table 1 (arXiv 2510.26622), written out here rather than read from the code:
 # size: (d_model, ffn, heads, DecLLM layers, RedLLM layers per stack, published params in billions Dec / Red)
 STUDY = {

@@ -51,11 +51,12 @@ class Adafactor(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad.float()
+                acc = torch.promote_types(p.dtype, torch.float32)  # bf16 params update in fp32, fp64 in fp64
+                g = p.grad.to(acc)
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=acc, memory_format=torch.preserve_format)
                 state["step"] += 1
                 t = float(state["step"])
                 beta2 = 1.0 - t ** (-group["decay_rate"])
@@ -64,7 +65,7 @@ class Adafactor(torch.optim.Optimizer):
                 u = g / v.sqrt()
                 rms_u = u.square().mean().sqrt()
                 u.div_(torch.clamp(rms_u / group["clip_threshold"], min=1.0))
-                pf = p.float()
+                pf = p.to(acc)
                 step = group["lr"]
                 if group["scale_by_param_rms"]:
                     step = step * torch.clamp(pf.square().mean().sqrt(), min=group["eps2"])
