@@ -324,3 +324,15 @@ def test_dataclass_fields_documented():
     doc = ModelConfig.__doc__
     for f in dataclasses.fields(ModelConfig):
         assert f.name in doc, f.name
+
+
+def test_explicit_positions_beyond_the_table_grow_it():
+    m = make("decllm").double()  # max_seq_len 16: the initial RoPE table
+    x = torch.randint(0, 97, (1, 4))
+    with torch.no_grad():
+        far = m(x, positions=torch.arange(100, 104).unsqueeze(0)).logits
+        near = m(x).logits
+        gap = m(x, positions=torch.tensor([[0, 1, 2, 50]])).logits
+    # RoPE is relative: shifting every position changes nothing (fp64 compute: rounding ~1e-16)
+    torch.testing.assert_close(far, near, atol=1e-12, rtol=1e-12)
+    assert (gap[0, 3] - near[0, 3]).abs().max() > 1e-3  # but the distances matter

@@ -51,7 +51,7 @@ class LanguageModel(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.max_seq_len)
 
-    def rope_tables(self, positions: torch.Tensor, max_position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope_tables(self, positions: torch.Tensor, max_position: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE cos/sin for ``positions`` (B, T): fp32 tables, fp64 for an fp64 model."""
         return self.rope(positions, max_position, dtype=compute_dtype(self.embed.weight.dtype))
 

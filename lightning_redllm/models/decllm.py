@@ -65,12 +65,15 @@ class DecLLM(LanguageModel):
         if prefix_lengths is not None and prefix_lengths.shape != (b,):
             raise ValueError(f"prefix_lengths must have shape ({b},), got {tuple(prefix_lengths.shape)}")
 
+        max_position: Optional[int] = past + t - 1  # a bound for the derived positions, known on the host
         if positions is None:
             if attention_mask is not None:
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
                 positions = torch.arange(past, past + t, device=device).expand(b, t)
-        cos, sin = self.rope_tables(positions, max_position=past + t - 1)
+        else:
+            max_position = None  # caller's positions: no bound known, the table reads their max
+        cos, sin = self.rope_tables(positions, max_position=max_position)
 
         mask = None
         if attention_mask is not None or prefix_lengths is not None or (past > 0 and t > 1):

@@ -129,11 +129,6 @@ class RedLLM(LanguageModel):
             encoder_lengths: (B,) unpadded encoder lengths (None: no padding).
             z_loss: weight of the z-loss term.
         """
-        self._check_ids("decoder_input_ids", decoder_input_ids)
-        self._check_ids("encoder_input_ids", encoder_input_ids)
-        if encoder_input_ids.shape[0] != decoder_input_ids.shape[0]:
-            raise ValueError(
-                f"encoder batch ({encoder_input_ids.shape[0]}) and decoder batch ({decoder_input_ids.shape[0]}) differ"
-            )
+        # encode() and decode() check their ids (and decode the batch sizes): no second device sync here
         enc = self.encode(encoder_input_ids, encoder_lengths)
         return self.decode(decoder_input_ids, enc, labels, z_loss=z_loss, return_logits=return_logits)
