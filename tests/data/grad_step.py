@@ -7,6 +7,7 @@ every layout sees exactly the same tokens in one optimizer step.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import lightning as L
@@ -80,3 +81,8 @@ if __name__ == "__main__":
     grads, rank = step_gradients(family, norm, micro, accumulate, devices=2, root=str(out) + ".run")
     if rank == 0:
         torch.save(grads, out)
+    # gloo's threads sometimes abort the interpreter during teardown (SIGABRT after the last Python
+    # frame, ~1 run in 8 with torch 2.13 CPU); the result is written, so leave without the teardown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
