@@ -122,9 +122,27 @@ def evaluate_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def recipes_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m lightning_redllm recipes",
+                                description="List the recipes shipped with the package; pass any of them to "
+                                            "--config by name (e.g. --config stage/pretrain) from any directory.")
+    p.add_argument("name", nargs="?", help="print this recipe's YAML instead of the list")
+    a = p.parse_args(list(argv))
+    from .cli import RECIPES, list_recipes, resolve_recipe
+
+    if a.name:
+        print(Path(resolve_recipe(a.name)).read_text(), end="")
+        return 0
+    print(f"recipes in {RECIPES}:")
+    for name in list_recipes():
+        print(f"  {name}")
+    return 0
+
+
 COMMANDS = {
     "generate": (generate_main, "generate text from a checkpoint"),
     "export": (export_main, "consolidate a checkpoint into one safetensors file"),
     "evaluate": (evaluate_main, "held-out perplexity per source and length (extrapolation)"),
+    "recipes": (recipes_main, "list the packaged recipes (usable by name with --config)"),
 }
 

@@ -259,6 +259,11 @@ def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
     def run(*args: Any, **kwargs: Any) -> int:
         try:
             return int(main(*args, **kwargs) or 0)
+        except BrokenPipeError:
+            # the output went into a reader that closed early (`... | head`): not a user error;
+            # point stdout at devnull so the interpreter's final flush does not raise again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except USER_ERRORS as err:
             if os.environ.get(TRACEBACK_ENV):
                 raise

@@ -1,0 +1,101 @@
+"""The package as a user installs it: a non-editable wheel in a fresh virtual environment, run from
+a directory outside the checkout — the embedded default, a recipe composition by the README's
+paths, the recipe listing and the console script."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd, cwd, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(venv python, wheel path, an empty work folder outside the checkout)."""
+    import setuptools
+
+    # torch itself depends on setuptools, so a recent one is always there; 70.1+ builds wheels alone
+    assert tuple(int(x) for x in setuptools.__version__.split(".")[:2]) >= (70, 1), setuptools.__version__
+    root = tmp_path_factory.mktemp("install")
+    r = _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", str(REPO),
+              "-w", str(root / "dist")], cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wheel = next((root / "dist").glob("lightning_redllm-*.whl"))
+    # the dependencies (torch, lightning, ...) come from this interpreter; the package from the wheel
+    r = _run([sys.executable, "-m", "venv", "--system-site-packages", str(root / "venv")], cwd=root)
+    assert r.returncode == 0, r.stderr
+    py = root / "venv" / "bin" / "python"
+    r = _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    work = root / "work"
+    work.mkdir()
+    return py, wheel, work
+
+
+def test_wheel_holds_every_package_recipe_and_asset(installed):
+    _, wheel, _ = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = [p.parent.relative_to(REPO).as_posix() for p in (REPO / "lightning_redllm").rglob("__init__.py")]
+    packages += ["data_pipelines"]
+    for pkg in packages:
+        assert f"{pkg}/__init__.py" in names, f"package {pkg} missing from the wheel (pyproject packages list)"
+    recipes = [p.relative_to(REPO / "recipes").as_posix() for p in (REPO / "recipes").rglob("*.yaml")]
+    assert recipes
+    for rec in recipes:
+        assert f"lightning_redllm/recipes/{rec}" in names, rec
+    for asset in ("tokenizers/bundled-bpe-4k.json", "shards/pretrain/train/manifest.json",
+                  "shards/instruct/val/manifest.json"):
+        assert f"lightning_redllm/assets/{asset}" in names, asset
+
+
+def test_installed_package_is_the_wheel_not_the_checkout(installed):
+    py, _, work = installed
+    r = _run([str(py), "-c", "import lightning_redllm, lightning_redllm.cli as c; "
+                             "print(lightning_redllm.__file__); print(c.RECIPES)"], cwd=work)
+    assert r.returncode == 0, r.stderr
+    module_file, recipes = r.stdout.split()
+    venv = str(py.parent.parent)
+    assert module_file.startswith(venv) and recipes.startswith(venv), r.stdout
+
+
+def test_embedded_default_fit_from_outside_the_checkout(installed):
+    py, _, work = installed
+    r = _run([str(py), "-m", "lightning_redllm", "fit", "--trainer.max_steps", "3",
+              "--data.init_args.num_workers", "0"], cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (work / "runs" / "quickstart" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_recipe_composition_by_readme_paths_from_outside_the_checkout(installed):
+    py, _, work = installed
+    assert not (work / "recipes").exists()
+    r = _run([str(py), "-m", "lightning_redllm", "fit", "--config", "recipes/stage/pretrain.yaml",
+              "--config", "recipes/model/decllm-tiny.yaml", "--config", "data/bundled-pretrain",
+              "--config", "recipes/strategy/cpu.yaml", "--trainer.max_steps", "2",
+              "--trainer.accumulate_grad_batches", "1", "--data.init_args.num_workers", "0",
+              "--data.init_args.batch_size", "2", "--trainer.default_root_dir", "composed"], cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (work / "composed" / "checkpoints" / "last.ckpt").is_file()
+    # a name that is nowhere: one line that says where it looked
+    r = _run([str(py), "-m", "lightning_redllm", "fit", "--config", "recipes/stage/pretrian.yaml"], cwd=work)
+    assert r.returncode != 0
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and "recipes/stage/pretrian.yaml" in err[0] and "packaged recipes" in err[0], r.stderr
+
+
+def test_console_script_lists_the_recipes(installed):
+    py, _, work = installed
+    r = _run([str(py.parent / "redllm"), "recipes"], cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "stage/pretrain.yaml" in r.stdout and "model/redllm-8b.yaml" in r.stdout
