@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from .errors import ConfigError
 from .modules import LanguageModelModule
 
 #: the recipes shipped with the package (the repository's top-level ``recipes/``, mapped into the
@@ -30,14 +31,83 @@ class RedLLMCLI(LightningCLI):
     subclass is selected with ``--model.class_path`` / ``--data.class_path``)."""
 
     def __init__(self, args: Optional[Sequence[str]] = None, **kwargs):
-        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+"})
+        # errors raise (exit_on_error=False) so run_lightning can report them in one line
+        parser = {"parser_mode": "omegaconf+", "exit_on_error": False}
+        kwargs.setdefault("parser_kwargs", {"prog": "python -m lightning_redllm", **parser,
+                                            **{sub: dict(parser) for sub in LIGHTNING_SUBCOMMANDS}})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
+        from .progress import ProgressDefaults, silence_lightning_tips
+
+        silence_lightning_tips()  # Lightning's litlogger/litmodels adverts (no switch in Lightning 2.6)
         # crash-safe checkpoint writes (temp + fsync + rename) and weights_only loads by default;
-        # `--trainer.plugins+=X` adds to it, `--trainer.plugins X` replaces it
-        kwargs.setdefault("trainer_defaults", {"plugins": [{"class_path": "lightning_redllm.reliability.AtomicCheckpointIO"}]})
+        # `--trainer.plugins+=X` adds to it, `--trainer.plugins X` replaces it.
+        # ProgressDefaults (a persistent callback, in every run whatever the recipe): step-based bar on
+        # a terminal, plain progress lines every `log_every_n_steps` / 30 s otherwise, no `Total FLOPs: 0`;
+        # `--trainer.enable_progress_bar false` still turns progress output off.
+        kwargs.setdefault("trainer_defaults", {
+            "plugins": [{"class_path": "lightning_redllm.reliability.AtomicCheckpointIO"}],
+            "callbacks": [ProgressDefaults()],
+        })
         super().__init__(LanguageModelModule, LightningDataModule, subclass_mode_model=True,
                          subclass_mode_data=True, args=args, **kwargs)
+
+    def before_fit(self) -> None:
+        """A run folder belongs to one run. Lightning would write ``last-v1.ckpt`` beside an older
+        run's ``last.ckpt``, and every later ``init_from: .../last.ckpt`` / ``generate --ckpt`` would
+        silently use the stale weights. So ``fit`` into a checkpoint folder that already holds
+        checkpoints must resume it (``--ckpt_path`` to a file in it, or ``last``) — anything else is
+        refused before any work, naming the folder and the ways out."""
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        for cb in self.trainer.checkpoint_callbacks:
+            # one run per folder (checked below), so `last.ckpt` is always this run's: never let
+            # Lightning version it to `last-v1.ckpt` (it does when a resumed folder was moved or copied)
+            if hasattr(cb, "_enable_version_counter"):
+                cb._enable_version_counter = False
+            folder = Path(cb.dirpath) if getattr(cb, "dirpath", None) else None
+            if folder is None or not folder.is_dir():
+                continue
+            existing = sorted(p.name for p in folder.glob("*.ckpt"))
+            if not existing:
+                continue
+            resuming = ckpt_path == "last" or (
+                ckpt_path and Path(ckpt_path).exists() and Path(ckpt_path).resolve().parent == folder.resolve())
+            if not resuming:
+                shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
+                raise ConfigError(
+                    f"checkpoint folder {folder} already holds another run's checkpoints ({shown})",
+                    f"resume it with --ckpt_path {folder / ('last.ckpt' if 'last.ckpt' in existing else existing[-1])}, "
+                    "write elsewhere with --trainer.default_root_dir DIR, or remove the folder")
+
+    def before_predict(self) -> None:
+        """``predict`` writes its per-example scores (and prints a summary) unless the config brings
+        its own ``BasePredictionWriter``."""
+        from lightning.pytorch.callbacks import BasePredictionWriter
+
+        from .predictions import PredictionWriter
+
+        if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's: it copied the checkpoint's hyperparameters (and model class) over
+        the user's config, so ``--model DecLLMModule --ckpt_path <a RedLLM run>`` silently trained a
+        RedLLM and a changed ``lr`` was silently dropped. Here the user's config stands; the module's
+        ``on_load_checkpoint`` refuses another family/size/optimizer/tokenizer and announces changed
+        hyperparameters. This only checks, before any work, that the file exists and is a complete
+        archive (one line naming it otherwise); the Trainer then reads it once with the package's
+        weights-only loader, whose errors name the file too."""
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry") or "://" in str(ckpt_path):
+            return  # Lightning's named checkpoints and remote paths are resolved by the Trainer
+        path = Path(ckpt_path)
+        if not path.exists():
+            raise FileNotFoundError(f"--ckpt_path: checkpoint not found: {path}")
+        if path.is_file():
+            from .reliability import verify_torch_archive
+
+            verify_torch_archive(path)
 
 
 def list_recipes() -> list[str]:
@@ -90,4 +160,15 @@ def run_lightning(args: list[str]) -> None:
 
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-    RedLLMCLI(args=with_default_recipe(resolve_config_args(args)))
+    # streamed (iterable) data has no sampler indices; PredictionWriter numbers examples itself
+    warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices fetched from your dataloader.*")
+    from jsonargparse import ArgumentError
+
+    from .cli_errors import check_config_files, explain_parser_error
+
+    args = with_default_recipe(resolve_config_args(args))
+    check_config_files(args)
+    try:
+        RedLLMCLI(args=args)
+    except ArgumentError as err:
+        raise explain_parser_error(str(err), args) from None

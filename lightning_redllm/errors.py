@@ -21,7 +21,16 @@ class CheckpointLoadError(ValueError):
     """A checkpoint file is truncated, corrupt, or holds objects ``weights_only=True`` refuses."""
 
 
+class ConfigError(ValueError):
+    """A recipe or command-line option is wrong. The message names the file (and line) or flag, the
+    key and the value; ``hint`` is an optional second line (where to look next)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 #: what the CLI reports as one line instead of a traceback (user-caused problems)
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, NonFiniteLossError)
 
-__all__ = ["NonFiniteLossError", "CheckpointWriteError", "CheckpointLoadError", "USER_ERRORS"]
+__all__ = ["ConfigError", "NonFiniteLossError", "CheckpointWriteError", "CheckpointLoadError", "USER_ERRORS"]

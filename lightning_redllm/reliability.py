@@ -253,6 +253,19 @@ def one_line(err: BaseException) -> str:
     return f"{name}: {' '.join(lines)}" if lines else name
 
 
+def _user_error_behind(err: BaseException) -> Optional[BaseException]:
+    """``err`` if it is a user error; else a user error it was raised while handling. Lightning's
+    teardown can mask one: a dataloader that fails in ``iter()`` (say, a resume state from another
+    data config) is followed by ``RuntimeError: Please call iter(combined_loader) first``."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, USER_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
     """Wrap a CLI ``main(argv) -> int``: user-caused errors -> ``error: <one line>``, exit status 1."""
 
@@ -264,10 +277,13 @@ def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
             # point stdout at devnull so the interpreter's final flush does not raise again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        except USER_ERRORS as err:
-            if os.environ.get(TRACEBACK_ENV):
+        except Exception as err:  # noqa: BLE001 - re-raised unless a user error is behind it
+            user = _user_error_behind(err)
+            if user is None or os.environ.get(TRACEBACK_ENV):
                 raise
-            print(f"error: {one_line(err)}", file=sys.stderr)
+            print(f"error: {one_line(user)}", file=sys.stderr)
+            if getattr(user, "hint", ""):
+                print(f"hint: {user.hint}", file=sys.stderr)
             return 1
 
     run.__wrapped__ = main  # type: ignore[attr-defined]

@@ -338,14 +338,16 @@ class LanguageModelModule(L.LightningModule):
         self.val_acc.reset()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Per-example mean NLL of the targets (scoring)."""
+        """Per-example mean NLL of the targets (scoring) and the number of scored tokens.
+        ``python -m lightning_redllm predict`` writes them to ``<default_root_dir>/predictions.jsonl``."""
         inputs = self.objective(batch)
         out = self.forward_batch({**inputs, "return_logits": True})
         labels = inputs["labels"]
         logp = torch.log_softmax(out.logits.float(), dim=-1)
         mask = labels != -100
         tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-        return {"nll": -(tok.sum(-1) / mask.sum(-1).clamp(min=1))}
+        count = mask.sum(-1)
+        return {"nll": -(tok.sum(-1) / count.clamp(min=1)), "tokens": count}
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
@@ -379,10 +381,61 @@ class LanguageModelModule(L.LightningModule):
         if self.model is not None and "state_dict" in checkpoint:  # DeepSpeed keeps weights elsewhere
             state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
             check_compatible(self.config, saved, state, self.model, path)
+        fp = checkpoint.get("tokenizer_fingerprint")
+        if fp and fp != self.tokenizer.fingerprint:
+            raise ValueError(f"checkpoint {path} was trained with another tokenizer ({fp}) than this run's "
+                             f"{self.tokenizer.path} ({self.tokenizer.fingerprint})")
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        if fitting and "optimizer_states" in checkpoint:
+            self._resume_hparams(checkpoint, path)
         counters = checkpoint.get("module_counters", {})
         self.tokens_seen = int(counters.get("tokens_seen", 0))
         self.skipped_steps = int(counters.get("skipped_steps", 0))
         self._bad_streak = int(counters.get("bad_streak", 0))
+
+    #: hyperparameters a resumed run may change: any other difference is refused
+    RESUMABLE_CHANGES = ("lr", "weight_decay", "betas", "schedule", "warmup_steps", "decay_steps", "min_lr_ratio",
+                         "z_loss", "nan_policy", "max_bad_steps", "activation_checkpointing", "loss_normalization",
+                         "init_from", "overrides", "prefix_len", "pad_to_multiple")
+
+    def _resume_hparams(self, checkpoint: dict[str, Any], path: str) -> None:
+        """Resuming (``fit --ckpt_path``) continues the run in the checkpoint. Its model, optimizer
+        and tokenizer must be this run's (refused otherwise, naming the file); hyperparameters the
+        user changed on purpose (LR, schedule, z-loss, dropout, ...) apply from the resumed step on,
+        and each change is announced — never silently dropped or silently applied. The restored
+        optimizer/scheduler state is patched so a new LR / weight decay / betas really take effect."""
+        saved = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+        mine = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        if saved.get("optimizer", mine.get("optimizer")) != mine.get("optimizer"):
+            raise ValueError(f"checkpoint {path} was trained with optimizer {saved['optimizer']!r} but this run uses "
+                             f"{mine['optimizer']!r}; its optimizer state cannot be resumed (start a new stage with "
+                             "--model.init_args.init_from instead)")
+        norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731  (YAML gives lists, code tuples)
+        changed = {k: (saved[k], mine[k]) for k in saved.keys() & mine.keys() if norm(saved[k]) != norm(mine[k])}
+        other = sorted(k for k in changed if k not in self.RESUMABLE_CHANGES)
+        if other:
+            raise ValueError(f"resuming {path} with different {', '.join(other)} is not supported "
+                             f"({'; '.join(f'{k}: {changed[k][0]!r} -> {changed[k][1]!r}' for k in other)}); "
+                             "start a new stage with --model.init_args.init_from instead")
+        if not changed:
+            return
+        text = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in sorted(changed))
+        if self.trainer.is_global_zero:
+            log.warning("resuming %s with changed hyperparameters, yours apply from step %s: %s",
+                        path, checkpoint.get("global_step", "?"), text)
+        hp = self.hparams
+        for opt_state in checkpoint.get("optimizer_states", []):
+            for i, group in enumerate(opt_state.get("param_groups", [])):
+                if "initial_lr" in group and group["initial_lr"]:
+                    group["lr"] = group["lr"] / group["initial_lr"] * hp.lr
+                    group["initial_lr"] = hp.lr
+                if i == 0 and "weight_decay" in group:  # group 0 holds the matrices (param_groups())
+                    group["weight_decay"] = hp.weight_decay
+                if "betas" in group:
+                    group["betas"] = tuple(hp.betas)
+        for sched in checkpoint.get("lr_schedulers", []):
+            if "base_lrs" in sched:
+                sched["base_lrs"] = [hp.lr] * len(sched["base_lrs"])
 
 
 def _fsdp_mesh(mesh):

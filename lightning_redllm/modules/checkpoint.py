@@ -30,6 +30,7 @@ from ..config import ModelConfig
 SHAPE_KEYS = ("family", "vocab_size", "d_model", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
               "n_layers", "n_encoder_layers", "n_decoder_layers")
 CONFIG_METADATA_KEY = "lightning_redllm.model_config"
+TOKENIZER_METADATA_KEY = "lightning_redllm.tokenizer"
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
@@ -69,7 +70,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     """One read of a ckpt file, sharded checkpoint dir or safetensors file."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"init_from checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         if (path / "meta.pt").is_file() and any(path.glob("*.distcp")):
             return _load_distributed_dir(path)
@@ -78,10 +79,19 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        from ..errors import CheckpointLoadError
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - SafetensorError and friends carry no file name
+            reason = " ".join(str(err).split())
+            raise CheckpointLoadError(f"checkpoint {path} is not a readable safetensors file "
+                                      f"(truncated or corrupt?): {type(err).__name__}: {reason}") from None
         cfg = json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
-        return Checkpoint(load_file(str(path)), cfg, None)
+        hparams = {"tokenizer": meta[TOKENIZER_METADATA_KEY]} if TOKENIZER_METADATA_KEY in meta else None
+        return Checkpoint(state, cfg, hparams)
     ckpt = load_lightning_checkpoint(path)
     if "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
@@ -180,14 +190,25 @@ def _unused_layer_key(cfg: ModelConfig, key: str) -> bool:
     return key == "n_layers"
 
 
-def save_safetensors(model: torch.nn.Module, config: ModelConfig, path: str | Path) -> Path:
-    """Write the model weights (contiguous, tied embedding stored once) and its config."""
+def save_safetensors(model: torch.nn.Module, config: ModelConfig, path: str | Path,
+                     tokenizer: Optional[str] = None) -> Path:
+    """Write the model weights (contiguous, tied embedding stored once), its config and the name or
+    path of its tokenizer, so ``generate`` / ``evaluate`` need nothing else. The file gets the usual
+    permissions (0666 minus the umask; safetensors itself creates it 0600)."""
+    import os
+
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {CONFIG_METADATA_KEY: json.dumps(config.to_dict())}
+    if tokenizer:
+        meta[TOKENIZER_METADATA_KEY] = str(tokenizer)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(config.to_dict())})
+    save_file(state, str(tmp), metadata=meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     tmp.replace(path)
     return path
