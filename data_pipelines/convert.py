@@ -332,7 +332,8 @@ def convert(
     """Tokenize ``inputs`` into shards + ``manifest.json`` under ``output_dir``; returns the manifest.
 
     See the module docstring for ordering, error handling and resume. ``tokenizer`` is a path, a
-    bundled name or a :class:`Tokenizer`.
+    bundled name or a :class:`Tokenizer`. An input file that yields no document is logged as a
+    warning; :class:`ConversionError` when no document at all was converted (no manifest is written).
     """
     from tqdm.auto import tqdm
 
@@ -346,6 +347,12 @@ def convert(
     for i in inputs:
         if not i.path.is_file():
             raise FileNotFoundError(f"input file not found: {i.path}")
+    empty = [i.path for i in inputs if i.path.stat().st_size == 0]
+    for path in empty:
+        log.warning("input file %s is empty (0 bytes); no documents from it", path)
+    if len(empty) == len(inputs):
+        # refuse before the output directory is touched (--overwrite would clear it first)
+        raise ConversionError(f"nothing to convert: every input file is empty (0 bytes), e.g. {empty[0]}")
     tok = load_tokenizer(tokenizer)
     out_dir = pathlib.Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -375,7 +382,10 @@ def convert(
         shards.append(rec)
         writer, stats = None, None
 
-    total_bytes = sum(i.path.stat().st_size for i in inputs[resume["file"] if resume else 0:])
+    first_file = resume["file"] if resume else 0
+    records_in = collections.Counter()  # per input file read in this run: records (documents + bad lines)
+    documents_in = collections.Counter()
+    total_bytes = sum(i.path.stat().st_size for i in inputs[first_file:])
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"{kind} -> {out_dir.name}",
                disable=not progress, dynamic_ncols=True)
     try:
@@ -383,6 +393,7 @@ def convert(
             inp = inputs[fi]
             for item in results:
                 line = item[0]
+                records_in[fi] += 1
                 if item[1] == "error":
                     where = f"{inp.path}:{line}"
                     if strict:
@@ -406,6 +417,7 @@ def convert(
                     doc = {"documents": 1, "tokens": int(inp_ids.size + tgt_ids.size),
                            "input_tokens": int(inp_ids.size), "target_tokens": int(tgt_ids.size)}
                 _add_stats(stats, doc)
+                documents_in[fi] += 1
                 stats["sources"].setdefault(label, dict.fromkeys(doc, 0))
                 _add_stats(stats["sources"][label], doc)
                 last_pos = (fi, line)
@@ -415,6 +427,8 @@ def convert(
             bar.set_postfix(shards=len(shards), docs=sum(counters.values()), refresh=False)
         if writer is not None:
             finish_shard()
+        # the last shard is usually closed after the last chunk: show the final counts, not those before it
+        bar.set_postfix(shards=len(shards), docs=sum(counters.values()), refresh=False)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -423,9 +437,23 @@ def convert(
         bar.close()
         progress_file.close()
 
+    for fi in range(first_file, len(inputs)):
+        path = inputs[fi].path
+        if (fi == first_file and resume) or path in empty:
+            continue  # partly converted by an earlier run / already reported
+        if not records_in[fi]:
+            log.warning("input file %s holds no records (only blank lines); no documents from it", path)
+        elif not documents_in[fi]:
+            log.warning("input file %s: none of its %d record(s) could be converted (bad lines, see above)",
+                        path, records_in[fi])
     totals = {**_new_stats(kind), "sources": {}}
     for s in shards:
         _add_stats(totals, {k: v for k, v in s.items() if k not in ("bytes", "resume", "name")})
+    if not totals["documents"]:
+        bad = sum(errors.counts.values())
+        why = f"all {bad} record(s) were bad lines (see the warnings)" if bad else "they hold no records"
+        raise ConversionError(f"no document converted from {len(inputs)} input file(s) "
+                              f"(first: {inputs[0].path}): {why}; no manifest written")
     manifest = {
         "format": FORMAT,
         "kind": kind,

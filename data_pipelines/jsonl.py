@@ -133,9 +133,11 @@ def parse_record(data: bytes) -> dict:
 
 def text_field(record: dict, field: str) -> str:
     """``record[field]`` as a non-blank string; raises :class:`BadRecord` otherwise."""
-    value = record.get(field)
-    if value is None:
+    if field not in record:
         raise BadRecord("empty_text", f"missing {field!r}")
+    value = record[field]
+    if value is None:
+        raise BadRecord("empty_text", f"{field!r} is null")
     if not isinstance(value, str):
         raise BadRecord("malformed_json", f"{field!r} is a {type(value).__name__}, expected a string")
     if not value.strip():

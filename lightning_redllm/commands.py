@@ -32,6 +32,10 @@ def load_for_inference(ckpt: str | Path, tokenizer: Optional[str] = None,
 
 
 def generate_main(argv: Sequence[str]) -> int:
+    import warnings
+
+    from .generate import ContextLengthWarning, ProgressPrinter
+
     p = argparse.ArgumentParser(prog="python -m lightning_redllm generate",
                                 description="Generate text from a checkpoint (RedLLM or DecLLM).")
     p.add_argument("--ckpt", required=True, help="Lightning .ckpt or exported .safetensors")
@@ -45,6 +49,8 @@ def generate_main(argv: Sequence[str]) -> int:
     p.add_argument("--no_cache", action="store_true", help="recompute every step (slow; for checking)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    p.add_argument("--progress_every", type=int, default=256, metavar="N",
+                   help="print progress to stderr every N new tokens (and every 10 s); 0 = never")
     a = p.parse_args(list(argv))
     # options are checked before the checkpoint is read; any user error ends in one line, not a traceback
     try:
@@ -53,8 +59,27 @@ def generate_main(argv: Sequence[str]) -> int:
         for i, prompt in enumerate(a.prompt):
             if not prompt.strip():
                 raise ValueError(f"--prompt number {i + 1} is empty")
+        if a.progress_every < 0:
+            raise ValueError(f"--progress_every must be >= 0, got {a.progress_every}")
+        if not Path(a.ckpt).exists():  # before read_checkpoint, whose message speaks of init_from
+            raise ValueError(f"checkpoint not found: {a.ckpt}")
         model, tok, _ = load_for_inference(a.ckpt, a.tokenizer, a.device)
-        outs = generate_text(model, tok, a.prompt, options=opts, use_cache=not a.no_cache)
+        default_show = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            # past the trained context: say so at once, in one line, before the long wait
+            if issubclass(category, ContextLengthWarning):
+                print(f"{p.prog}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                default_show(message, category, *args, **kwargs)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ContextLengthWarning)
+            warnings.showwarning = show
+            progress = None
+            if a.progress_every:
+                progress = ProgressPrinter(opts.max_new_tokens, prefix=p.prog, every=a.progress_every)
+            outs = generate_text(model, tok, a.prompt, options=opts, use_cache=not a.no_cache, progress=progress)
     except (ValueError, OSError) as err:
         print(f"{p.prog}: error: {_as_option(err)}", file=sys.stderr)
         return 2
@@ -81,8 +106,8 @@ def export_main(argv: Sequence[str]) -> int:
     p.add_argument("--ckpt", required=True, help="Lightning .ckpt file or DeepSpeed checkpoint directory")
     p.add_argument("--out", required=True, help="output .safetensors path")
     a = p.parse_args(list(argv))
-    model, cfg, _ = model_from_checkpoint(a.ckpt)
-    out = save_safetensors(model, cfg, a.out)
+    model, cfg, hparams = model_from_checkpoint(a.ckpt)
+    out = save_safetensors(model, cfg, a.out, tokenizer=hparams.get("tokenizer"))
     print(f"wrote {out} ({model.num_parameters() / 1e6:.2f}M parameters, {cfg.family})")
     return 0
 

@@ -12,14 +12,21 @@ Prompts of different lengths are batched together:
 
 With ``use_cache=False`` every step re-runs the whole sequence; the tokens are identical to the
 cached path (tested), which is the point of keeping that slow path around.
+
+A prompt plus ``max_new_tokens`` longer than the model's trained context (``config.max_seq_len``)
+is allowed -- RoPE extrapolates -- but warned about (:class:`ContextLengthWarning`).
 """
 from __future__ import annotations
 
+import sys
+import time
+import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TextIO
 
 import torch
 
+from .config import ModelConfig
 from .models import DecLLM, RedLLM
 from .models.base import LanguageModel
 
@@ -81,6 +88,47 @@ def _check_prompts(prompts: Sequence[Sequence[int]]) -> None:
             raise ValueError(f"prompt {i} is empty")
 
 
+class ContextLengthWarning(UserWarning):
+    """Generation runs past the context length the model was trained for."""
+
+
+def context_overflow(config: ModelConfig, prompt_lengths: Sequence[int], max_new_tokens: int, *,
+                     add_bos: bool = True) -> Optional[str]:
+    """One-line explanation when the longest prompt + ``max_new_tokens`` exceeds ``config.max_seq_len``
+    (the trained context), else None. A DecLLM prompt counts its prepended bos."""
+    longest = max(prompt_lengths)
+    bos = 1 if add_bos and config.family == "decllm" else 0
+    total = longest + bos + max_new_tokens
+    if total <= config.max_seq_len:
+        return None
+    return (f"the longest prompt ({longest} tokens{' + bos' if bos else ''}) + max_new_tokens {max_new_tokens} "
+            f"= {total} tokens exceeds the model's trained context of {config.max_seq_len} tokens "
+            "(config max_seq_len); RoPE extrapolates past it, but expect the output to degrade")
+
+
+class ProgressPrinter:
+    """A ``progress`` callback for :func:`generate` that prints ``<prefix>: 256/1000 new tokens
+    (41.3 tok/s)`` to ``file`` (stderr) every ``every`` tokens, and at least every ``seconds``
+    seconds, so a long generation shows it is working. Nothing is printed for short ones."""
+
+    def __init__(self, total: int, prefix: str = "generate", every: int = 256, seconds: float = 10.0,
+                 file: Optional[TextIO] = None):
+        if every < 1:
+            raise ValueError(f"ProgressPrinter every must be >= 1 token, got {every}")
+        self.total, self.prefix, self.every, self.seconds = total, prefix, every, seconds
+        self.file = file
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if done % self.every and now - self.last < self.seconds:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        print(f"{self.prefix}: {done}/{self.total} new tokens ({rate:.1f} tok/s)", file=self.file or sys.stderr,
+              flush=True)
+
+
 def _finish(tokens: torch.Tensor, eos_id: Optional[int]) -> list[list[int]]:
     out = []
     for row in tokens.tolist():
@@ -93,10 +141,19 @@ def _finish(tokens: torch.Tensor, eos_id: Optional[int]) -> list[list[int]]:
 @torch.no_grad()
 def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], *, bos_id: int,
              eos_id: Optional[int], pad_id: int = 0, options: Optional[SamplingOptions] = None,
-             use_cache: bool = True, add_bos: bool = True) -> list[list[int]]:
-    """Generate continuations (token ids, EOS excluded) for a batch of token-id prompts."""
+             use_cache: bool = True, add_bos: bool = True,
+             progress: Optional[Callable[[int], None]] = None) -> list[list[int]]:
+    """Generate continuations (token ids, EOS excluded) for a batch of token-id prompts.
+
+    ``progress(n)`` is called after each step with the number of tokens generated per prompt so far
+    (e.g. a :class:`ProgressPrinter`). Warns :class:`ContextLengthWarning` when a prompt +
+    ``max_new_tokens`` exceeds the trained context.
+    """
     opts = options or SamplingOptions()
     _check_prompts(prompts)
+    overflow = context_overflow(model.config, [len(p) for p in prompts], opts.max_new_tokens, add_bos=add_bos)
+    if overflow:
+        warnings.warn(overflow, ContextLengthWarning, stacklevel=2)
     was_training = model.training
     model.eval()
     try:
@@ -105,9 +162,10 @@ def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], *, bos_id: 
         if opts.seed is not None:
             gen = torch.Generator(device=device).manual_seed(opts.seed)
         if isinstance(model, RedLLM):
-            tokens = _generate_redllm(model, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen)
+            tokens = _generate_redllm(model, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, progress)
         elif isinstance(model, DecLLM):
-            tokens = _generate_decllm(model, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos)
+            tokens = _generate_decllm(model, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos,
+                                      progress)
         else:
             raise ValueError(f"generate supports DecLLM and RedLLM, got {type(model).__name__}")
     finally:
@@ -122,7 +180,8 @@ def _step_done(next_tok: torch.Tensor, done: torch.Tensor, eos_id: Optional[int]
     return next_tok, done
 
 
-def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos) -> torch.Tensor:
+def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos,
+                     progress) -> torch.Tensor:
     device = model.embed.weight.device
     rows = [([bos_id] if add_bos else []) + list(p) for p in prompts]
     b, p_len = len(rows), max(len(r) for r in rows)
@@ -141,6 +200,8 @@ def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     for step in range(opts.max_new_tokens):
         nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
         out.append(nxt)
+        if progress is not None:
+            progress(step + 1)
         if bool(done.all()) or step == opts.max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.bool, device=device)], dim=1)
@@ -152,7 +213,8 @@ def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     return torch.stack(out, dim=1)
 
 
-def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen) -> torch.Tensor:
+def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen,
+                     progress) -> torch.Tensor:
     device = model.embed.weight.device
     b, s = len(prompts), max(len(p) for p in prompts)
     enc_ids = torch.full((b, s), pad_id, dtype=torch.long, device=device)
@@ -168,6 +230,8 @@ def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     for step in range(opts.max_new_tokens):
         nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
         out.append(nxt)
+        if progress is not None:
+            progress(step + 1)
         if bool(done.all()) or step == opts.max_new_tokens - 1:
             break
         if use_cache:
@@ -179,8 +243,9 @@ def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
 
 
 def generate_text(model: LanguageModel, tokenizer, prompts: Sequence[str], *,
-                  options: Optional[SamplingOptions] = None, use_cache: bool = True) -> list[str]:
-    """String in, string out, with a ``lightning_redllm.tokenizer.Tokenizer``."""
+                  options: Optional[SamplingOptions] = None, use_cache: bool = True,
+                  progress: Optional[Callable[[int], None]] = None) -> list[str]:
+    """String in, string out, with a ``lightning_redllm.tokenizer.Tokenizer`` (see :func:`generate`)."""
     if isinstance(prompts, str):
         prompts = [prompts]
     ids = [tokenizer.encode(p) for p in prompts]
@@ -188,5 +253,5 @@ def generate_text(model: LanguageModel, tokenizer, prompts: Sequence[str], *,
         if not row:
             raise ValueError(f"prompt {i} ({text!r}) is empty after tokenization")
     out = generate(model, ids, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                   options=options, use_cache=use_cache)
+                   options=options, use_cache=use_cache, progress=progress)
     return [tokenizer.decode(o) for o in out]

@@ -69,10 +69,17 @@ def test_default_recipe_only_without_config():
     assert with_default_recipe(["validate"]) == ["validate"]
 
 
-def test_wrong_type_names_the_key(capsys):
-    with pytest.raises(SystemExit):
-        RedLLMCLI(args=["--config", str(QUICKSTART), "--model.init_args.lr", "fast"], run=False)
-    assert "lr" in capsys.readouterr().err
+def test_wrong_type_names_the_key():
+    """From Python the parser raises (no usage dump, no exit); the CLI turns it into one line."""
+    from jsonargparse import ArgumentError
+
+    from lightning_redllm.cli_errors import explain_parser_error
+
+    args = ["fit", "--config", str(QUICKSTART), "--model.init_args.lr", "fast"]
+    with pytest.raises(ArgumentError) as info:
+        RedLLMCLI(args=args[1:], run=False)
+    err = explain_parser_error(str(info.value), args)
+    assert str(err) == "--model.init_args.lr: expected float, got 'fast'" and "--help" in err.hint
 
 
 def test_vocab_mismatch_names_both_sizes():

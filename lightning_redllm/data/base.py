@@ -35,6 +35,8 @@ class ShardIterableDataset(IterableDataset):
         rank, world_size: this process's place (default: torch.distributed, else 0 of 1).
         limit_batches, batch_size: cap the output at ``limit_batches`` batches of ``batch_size``
             per rank, split over the dataloader workers the way the DataLoader interleaves them.
+        vocab_size: the model's vocabulary size; a token id at or past it (or past the manifest's
+            ``vocab_size``) raises :class:`BadShardError` naming the shard and sample.
     """
 
     kind = ""  # "pretrain" | "instruct"
@@ -56,6 +58,7 @@ class ShardIterableDataset(IterableDataset):
         world_size: int | None = None,
         limit_batches: int | None = None,
         batch_size: int = 1,
+        vocab_size: int | None = None,
     ):
         super().__init__()
         self.shards = shards if isinstance(shards, ShardSet) else open_shards(
@@ -73,6 +76,7 @@ class ShardIterableDataset(IterableDataset):
         self.max_epochs, self.mixture, self.split, self.on_bad_shard = max_epochs, mixture, split, on_bad_shard
         self.rank, self.world_size = rank, world_size
         self.limit_batches, self.batch_size = limit_batches, batch_size
+        self.vocab_size = vocab_size
 
     def config(self) -> dict[str, Any]:
         """What must not change between a checkpoint and its resume."""
@@ -88,7 +92,7 @@ class ShardIterableDataset(IterableDataset):
             self.shards, self.exts, reader_id=self.rank * num_workers + worker, num_workers=num_workers,
             world_size=self.world_size, seed=self.seed, shuffle=self.shuffle, shuffle_buffer=self.shuffle_buffer,
             max_epochs=self.max_epochs, mixture=self.mixture, split=self.split, on_bad_shard=self.on_bad_shard,
-            stats=stats,
+            stats=stats, vocab_size=self.vocab_size,
         )
 
     def validate(self, num_workers: int) -> None:
@@ -196,6 +200,7 @@ class ShardDataModule(L.LightningDataModule):
         self._train_set: ShardSet | None = None
         self._val_set: ShardSet | None = None
         self._train_loader: ResumableDataLoader | None = None
+        self._limit_val_batches: int | float | None = None  # the trainer's, while setup() has it at 0
 
     # -- shards / tokenizer --------------------------------------------------------------------
     @property
@@ -247,6 +252,28 @@ class ShardDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int | None:
         return self.tokenizer_info.get("vocab_size")
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.val_shards or self.trainer is None:
+            return
+        if stage == "fit":
+            # No validation shards: switch the val loop off the way Lightning expects. An empty list
+            # from val_dataloader() is taken by Lightning as one zero-length loader, and every fit
+            # then warned "Total length of `list` across ranks is zero".
+            self._limit_val_batches = self.trainer.limit_val_batches
+            self.trainer.limit_val_batches = 0
+        elif stage in ("validate", "test", "predict"):
+            raise ValueError(
+                f"`{stage}` reads the validation shards, but there are none: --data.val_shards is not set "
+                f"(it defaults to the bundled ones only when train_shards is not set either; "
+                f"train_shards={self.train_shards!r})"
+            )
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self._limit_val_batches is not None and self.trainer is not None:
+            self.trainer.limit_val_batches = self._limit_val_batches  # a later validate() may have val data
+        self._limit_val_batches = None
 
     # -- datasets / loaders --------------------------------------------------------------------
     def train_dataset(self) -> ShardIterableDataset:
@@ -306,7 +333,14 @@ class ShardDataModule(L.LightningDataModule):
             shuffle=train, shuffle_buffer=self.shuffle_buffer if train else 0,
             max_epochs=None if train else 1, split=self.split if train else "auto",
             limit_batches=None if train else self.val_batches, batch_size=self.batch_size,
+            vocab_size=self._model_vocab_size(),
         )
+
+    def _model_vocab_size(self) -> int | None:
+        """The embedding size of the module being trained, if there is one (``config.vocab_size``)."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        value = getattr(getattr(module, "config", None), "vocab_size", None)
+        return value if isinstance(value, int) else None
 
 
 

@@ -109,7 +109,8 @@ class InstructDataModule(ShardDataModule):
             ``http(s)://`` URL, or a list of these. None: the bundled FLAN-format set in
             ``lightning_redllm/assets/shards/instruct/train``.
         val_shards: validation shard patterns. None: the bundled validation shards when
-            ``train_shards`` is also left at None, otherwise no validation.
+            ``train_shards`` is also left at None, otherwise no validation (``fit`` skips it;
+            ``validate`` / ``test`` / ``predict`` raise ValueError).
         max_input_len: inputs are truncated to this many tokens (counted in ``stats()``).
         max_target_len: targets are truncated to this many tokens including the appended eos.
         pad_to_multiple: pad the batch's input and target lengths up to a multiple of this.

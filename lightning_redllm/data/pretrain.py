@@ -113,7 +113,8 @@ class PretrainDataModule(ShardDataModule):
             (``/data/shard-{000000..004095}.tar``), ``pipe:``/``http(s)://`` URL, or a list of these.
             None: the bundled corpus in ``lightning_redllm/assets/shards/pretrain/train``.
         val_shards: validation shard patterns, same forms. None: the bundled validation shards when
-            ``train_shards`` is also left at None, otherwise no validation.
+            ``train_shards`` is also left at None, otherwise no validation (``fit`` skips it;
+            ``validate`` / ``test`` / ``predict`` raise ValueError).
         seq_len: tokens per packed sequence (documents are joined by their eos and cut into
             non-overlapping sequences of exactly this length).
         batch_size: sequences per batch on each rank.

@@ -44,6 +44,7 @@ _REMOTE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")  # pipe:, http:, https:, 
 _KEY_RE = re.compile(r"^(?P<source>.+)-(?P<index>\d+)$")
 # np.save's version-1.0 header, e.g. b"{'descr': '<u2', 'fortran_order': False, 'shape': (17,), }"
 _NPY_HEADER_RE = re.compile(rb"^\{'descr': '([<|>][a-z]\d+)', 'fortran_order': False, 'shape': \((\d+),\), \}")
+_NPY_MAGIC = b"\x93NUMPY"
 _NPY_FAST_DTYPES = {b"<u2": np.uint16, b"<u4": np.uint32, b"<i4": np.int32, b"<i8": np.int64, b"|u1": np.uint8}
 
 
@@ -276,7 +277,15 @@ def source_of(key: str) -> str:
 
 
 def decode_npy(data: bytes, where: str = "") -> np.ndarray:
-    """Decode ``np.save`` bytes of a 1-D array without copying (fast path for the common v1.0 header)."""
+    """Decode ``np.save`` bytes of a 1-D array without copying (fast path for the common v1.0 header).
+
+    ``where`` names the member in messages (e.g. ``shard '/d/shard-000001.tar', sample 'book-000000007':
+    tokens.npy member``).
+
+    Raises:
+        BadShardError: the bytes are not a ``.npy`` array, hold pickled objects, or are not a 1-D
+            integer array.
+    """
     if data[:8] == b"\x93NUMPY\x01\x00" and len(data) >= 10:
         end = 10 + int.from_bytes(data[8:10], "little")
         m = _NPY_HEADER_RE.match(data[10:end])
@@ -285,13 +294,33 @@ def decode_npy(data: bytes, where: str = "") -> np.ndarray:
             count = int(m.group(2))
             if len(data) - end == count * np.dtype(dtype).itemsize:
                 return np.frombuffer(data, dtype=dtype, count=count, offset=end)
+    if not data.startswith(_NPY_MAGIC):
+        # np.load hands anything without the magic to pickle, whose refusal ("pickled (object)
+        # data") would blame the wrong thing for plain garbage
+        raise BadShardError(f"{where} is not a valid .npy array ({len(data)} bytes starting {data[:8]!r}, "
+                            f"not the .npy magic {_NPY_MAGIC!r})")
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exn:  # numpy raises ValueError/EOFError/OSError for broken payloads
-        raise BadShardError(f"{where}: cannot decode .npy payload: {exn}") from exn
+        dtype = _npy_dtype(data)
+        if dtype is not None and dtype.hasobject:
+            raise BadShardError(f"{where} holds pickled (object) data, not token ids; it is not unpickled") from exn
+        raise BadShardError(f"{where} is not a valid .npy array: {exn}") from exn
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise BadShardError(f"{where}: expected a 1-D integer token array, got {arr.dtype} {arr.shape}")
     return arr
+
+
+def _npy_dtype(data: bytes) -> np.dtype | None:
+    """The dtype an ``.npy`` header declares, or None when the header itself is unreadable."""
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(fp)[2]
+        return np.lib.format.read_array_header_2_0(fp)[2]
+    except Exception:  # a corrupt header raises ValueError / SyntaxError / EOFError
+        return None
 
 
 class _Selector:

@@ -58,14 +58,23 @@ def new_stats() -> dict[str, int]:
     return {"documents": 0, "tokens": 0, "bad_shards": 0}
 
 
-def _check_vocab(arrays: tuple[np.ndarray, ...], vocab_size: int, url: str, key: str) -> None:
+def _decode(parts: dict[str, bytes], exts: tuple[str, ...], url: str, key: str) -> tuple[np.ndarray, ...]:
+    return tuple(decode_npy(parts[e], f"shard {url!r}, sample {key!r}: {e} member") for e in exts)
+
+
+def _check_vocab(arrays: tuple[np.ndarray, ...], vocab_size: int, whose: str, url: str, key: str) -> None:
     # an id past the vocabulary would crash the embedding (a device-side assert on GPU) far from
-    # here; it means the shard came from another tokenizer than its manifest says
+    # here, with no word of the shard; it means the shard came from another tokenizer
     for a in arrays:
-        if a.size and int(a.max()) >= vocab_size:
+        if not a.size:
+            continue
+        bad = int(a.max())
+        if bad < vocab_size and a.dtype.kind == "i":
+            bad = int(a.min())  # a signed array may hold negative ids instead
+        if not 0 <= bad < vocab_size:
             raise BadShardError(
-                f"shard {url!r}: sample {key!r} has token id {int(a.max())} >= vocab_size {vocab_size} of the "
-                "manifest's tokenizer; was it tokenized with another tokenizer?"
+                f"shard {url!r}: sample {key!r} has token id {bad}, outside the vocabulary [0, {vocab_size}) of "
+                f"{whose}; was it tokenized with another tokenizer?"
             )
 
 
@@ -154,9 +163,9 @@ class _SourceLoop:
                         url, s.exts, start=self.offset, wanted=self._wanted(shard),
                         expected_documents=s.shards.documents[shard],
                     ):
-                        arrays = tuple(decode_npy(parts[e], f"{url}:{_key}.{e}") for e in s.exts)
+                        arrays = _decode(parts, s.exts, url, _key)
                         if s.vocab_size is not None:
-                            _check_vocab(arrays, s.vocab_size, url, _key)
+                            _check_vocab(arrays, s.vocab_size, s.vocab_owner, url, _key)
                         self.offset = index + 1
                         produced = True
                         yield Doc(shard, index, arrays)
@@ -197,6 +206,7 @@ class DocStream:
         split: str = "auto",
         on_bad_shard: str = "raise",
         stats: dict[str, int] | None = None,
+        vocab_size: int | None = None,
     ):
         if on_bad_shard not in BAD_SHARD_POLICIES:
             raise ValueError(f"on_bad_shard={on_bad_shard!r}; expected one of {BAD_SHARD_POLICIES}")
@@ -208,8 +218,11 @@ class DocStream:
         self.seed, self.shuffle, self.buffer_size = seed, shuffle, shuffle_buffer
         self.max_epochs, self.split, self.on_bad_shard = max_epochs, split, on_bad_shard
         self.stats = stats if stats is not None else new_stats()
-        vocab = shards.tokenizer.get("vocab_size")
-        self.vocab_size: int | None = int(vocab) if vocab else None
+        # token ids must fit the manifest's tokenizer and the model (``vocab_size``): shards without
+        # a manifest (URLs, user shards) are only checked against the model
+        bounds = [(int(v), who) for v, who in ((shards.tokenizer.get("vocab_size"), "the manifest's tokenizer"),
+                                               (vocab_size, "the model")) if v]
+        self.vocab_size, self.vocab_owner = min(bounds, key=lambda b: b[0]) if bounds else (None, "")
         self.rng = np.random.default_rng([seed, 7919, reader_id])
         self.buffer: list[Doc] = []
         self._refs = np.zeros((max(shuffle_buffer, 1), 2), dtype=np.int64)  # (shard, index) of buffer[i]
@@ -310,7 +323,10 @@ class DocStream:
             url = self.shards.urls[shard]
             last = max(wanted)
             for index, key, parts in iter_shard(url, self.exts, start=min(wanted), wanted=lambda i, k: i in wanted):
-                found[(shard, index)] = Doc(shard, index, tuple(decode_npy(parts[e], f"{url}:{key}.{e}") for e in self.exts))
+                arrays = _decode(parts, self.exts, url, key)
+                if self.vocab_size is not None:
+                    _check_vocab(arrays, self.vocab_size, self.vocab_owner, url, key)
+                found[(shard, index)] = Doc(shard, index, arrays)
                 if index >= last:
                     break
         missing = [r for r in refs if r not in found]
