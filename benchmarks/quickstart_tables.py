@@ -55,6 +55,20 @@ def fit(args: list[str], root: Path, capability: str) -> tuple[float, Path]:
     return wall, root
 
 
+def evaluate(ckpt: Path, out: Path, capability: str) -> dict:
+    """Held-out loss per source and length (the README's extrapolation table) of the RedLLM run."""
+    env = dict(os.environ)
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    if capability != "native":
+        env["ATEN_CPU_CAPABILITY"] = capability
+    r = subprocess.run([sys.executable, "-m", "lightning_redllm", "evaluate", "--ckpt", str(ckpt), "--lengths",
+                        "128,256,512,1024", "--max_sequences", "16", "--out", str(out)], env=env,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"evaluate failed:\n{r.stderr[-3000:]}")
+    return json.loads(out.read_text())["lengths"]
+
+
 def curve(root: Path, *keys: str) -> dict[str, dict[int, float]]:
     rows = list(csv.DictReader(open(next((root / "logs").rglob("metrics.csv")))))
     out: dict[str, dict[int, float]] = {k: {} for k in keys}
@@ -71,8 +85,10 @@ def run_all(capability: str, work: Path) -> dict:
     ins_wall, ins = fit(["--config", "quickstart", "--config", "quickstart-instruct",
                          "--model.init_args.init_from", str(red / "checkpoints" / "last.ckpt")],
                         work / "instruct", capability)
+    ev = evaluate(red / "checkpoints" / "last.ckpt", work / "eval.json", capability)
     return {
         "capability": capability if capability != "native" else f"native ({torch.backends.cpu.get_cpu_capability()})",
+        "evaluate_redllm": ev,
         "redllm": {"wall_s": red_wall, **curve(red, "val/loss")},
         "decllm": {"wall_s": dec_wall, **curve(dec, "val/loss")},
         "instruct": {"wall_s": ins_wall, **curve(ins, "val/loss", "val/acc")},
@@ -108,6 +124,15 @@ def main() -> None:
         print(f"instruct ({ins['wall_s']:.0f} s): val/loss " + " -> ".join(f"{v:.2f}" for _, v in sorted(
             ins["val/loss"].items())) + "; val/acc " + " -> ".join(f"{v:.3f}" for _, v in sorted(
                 ins["val/acc"].items())) + "\n")
+    ev = result["runs"][0]["evaluate_redllm"]
+    sources = sorted({src for rows in ev.values() for src in rows if src != "all"}) + ["all"]
+    print(f"evaluate (RedLLM, kernels {result['runs'][0]['capability']}), loss per source and length:")
+    print("| length | " + " | ".join(sources) + " |")
+    print("|---" * (len(sources) + 1) + "|")
+    for length, rows in ev.items():
+        print(f"| {length} | " + " | ".join(f"{rows[src]['loss']:.2f}" if src in rows else "-" for src in sources)
+              + " |")
+    print()
     if len(result["runs"]) > 1:
         for fam in ("redllm", "decllm", "instruct"):
             finals = [run[fam]["val/loss"][max(run[fam]["val/loss"])] for run in result["runs"]]

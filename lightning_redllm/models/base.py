@@ -4,9 +4,10 @@ Shapes: B batch, T decoder/target length, S encoder length, C d_model, V vocab.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 from torch import nn
@@ -57,20 +58,32 @@ class LanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
-    def init_weights(self) -> None:
+    def init_weights(self, gather: Optional[Callable[[list[nn.Parameter]], ContextManager]] = None) -> None:
+        """Initialize every parameter (see the class docstring).
+
+        ``gather``: a context factory that makes a module's own (``recurse=False``) parameters whole
+        while they are written — for a model already partitioned at construction (DeepSpeed ZeRO-3:
+        ``lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=0)``). Modules are visited
+        in one fixed order, so the random draws are the same as for an unpartitioned model.
+        """
         cfg = self.config
         std = cfg.init_std
         streams = self.residual_streams()
-        nn.init.normal_(self.embed.weight, mean=0.0, std=std)
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                if name.endswith("o_proj") or name.endswith("down_proj"):
-                    writes = streams[name.split(".", 1)[0]]
-                    nn.init.normal_(module.weight, mean=0.0, std=std / math.sqrt(writes))
-                else:
+            own = list(module.parameters(recurse=False))
+            if not own:
+                continue
+            with gather(own) if gather is not None else contextlib.nullcontext():
+                if module is self.embed:
                     nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif isinstance(module, RMSNorm):
-                module.reset_parameters()
+                elif isinstance(module, nn.Linear):
+                    if name.endswith("o_proj") or name.endswith("down_proj"):
+                        writes = streams[name.split(".", 1)[0]]
+                        nn.init.normal_(module.weight, mean=0.0, std=std / math.sqrt(writes))
+                    else:
+                        nn.init.normal_(module.weight, mean=0.0, std=std)
+                elif isinstance(module, RMSNorm):
+                    module.reset_parameters()
 
     def residual_streams(self) -> dict[str, int]:
         """Residual writes per stream, keyed by the top-level module holding the stream's blocks."""

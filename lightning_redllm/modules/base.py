@@ -145,6 +145,9 @@ class LanguageModelModule(L.LightningModule):
         if mesh is not None:  # Lightning ModelParallelStrategy: FSDP2 over the data-parallel dim
             self.model = self._build_sharded(mesh)
             return
+        if self._zero3():
+            self.model = self._build_zero3()
+            return
         self.model = build_model(self.config)
         self.model.init_weights()
         if self.hparams.init_from:
@@ -170,6 +173,42 @@ class LanguageModelModule(L.LightningModule):
             with torch.device("meta"):
                 check_compatible(self.config, saved_cfg, state, build_model(self.config), self.hparams.init_from)
             set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        return model
+
+    def _zero3(self) -> bool:
+        return self._trainer is not None and bool(getattr(self.trainer.strategy, "zero_stage_3", False))
+
+    def _build_zero3(self) -> LanguageModel:
+        """DeepSpeed ZeRO-3: Lightning calls ``configure_model`` inside ``deepspeed.zero.Init``, so
+        every parameter is partitioned the moment its module is built — no rank ever holds the
+        whole model. Initialization (and ``init_from``) writes one module's parameters at a time,
+        gathered, with rank 0's values kept. The tied matrix is read by the model itself for the
+        output projection, outside the embedding's forward, so it is registered as an external
+        parameter of the model: ZeRO-3 then keeps it gathered for the whole forward (one matrix,
+        three uses, one gradient)."""
+        import deepspeed
+
+        def gathered(params):
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+
+        model = build_model(self.config)
+        model.init_weights(gather=gathered)
+        deepspeed.zero.register_external_parameter(model, model.embed.weight)
+        if self.hparams.init_from:
+            state, saved_cfg = load_weights(self.hparams.init_from)
+            with torch.device("meta"):
+                check_compatible(self.config, saved_cfg, state, build_model(self.config), self.hparams.init_from)
+            for name, module in model.named_modules():
+                own = dict(module.named_parameters(recurse=False))
+                if own:
+                    with gathered(list(own.values())), torch.no_grad():
+                        for pname, param in own.items():
+                            param.copy_(state[f"{name}.{pname}" if name else pname])
+            log.info("initialized %s weights from %s", self.config.family, self.hparams.init_from)
+        if self.hparams.activation_checkpointing:
+            from ..parallel import apply_activation_checkpointing
+
+            apply_activation_checkpointing(model)
         return model
 
     def load_weights(self, path: str) -> None:
@@ -218,7 +257,7 @@ class LanguageModelModule(L.LightningModule):
             return None
         count = out.num_tokens.clamp(min=1)
         backward_loss = out.loss
-        if self.hparams.loss_normalization == "step_tokens":
+        if self._step_token_normalization():
             # value: this micro-batch's mean; gradient: that of the sum of its token losses.
             # normalize_gradients then divides by the tokens of the whole step (all micro-batches, ranks)
             tokens = out.num_tokens.detach()
@@ -237,6 +276,20 @@ class LanguageModelModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._step_tokens = None
+
+    def _step_token_normalization(self) -> bool:
+        """``step_tokens`` needs the accumulated gradients in ``p.grad``; DeepSpeed keeps them in its
+        own partitioned buffers (and accumulates inside its engine), so under DeepSpeed the loss is
+        the micro-batch mean (warned once)."""
+        if self.hparams.loss_normalization != "step_tokens":
+            return False
+        if type(self.trainer.strategy).__name__.endswith("DeepSpeedStrategy"):
+            if not getattr(self, "_warned_ds_norm", False):
+                self._warned_ds_norm = True
+                log.warning("loss_normalization='step_tokens' is not available under DeepSpeed (its gradients "
+                            "live in partitioned buffers): using the micro-batch mean")
+            return False
+        return True
 
     def normalize_gradients(self) -> None:
         """``loss_normalization='step_tokens'``: turn the accumulated gradient of summed token

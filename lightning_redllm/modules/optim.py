@@ -81,7 +81,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        # a ZeRO-3-partitioned parameter is a flat (or empty) local shard: its real shape is ds_shape
+        shape = getattr(p, "ds_shape", p.shape)
+        (decay if len(shape) >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
