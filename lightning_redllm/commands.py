@@ -16,6 +16,7 @@ from .config import ModelConfig
 from .generate import SamplingOptions, generate_text
 from .models import LanguageModel
 from .modules.checkpoint import model_from_checkpoint, save_safetensors
+from .plan import plan_main
 from .tokenizer import Tokenizer, load_tokenizer
 
 
@@ -169,5 +170,6 @@ COMMANDS = {
     "export": (export_main, "consolidate a checkpoint into one safetensors file"),
     "evaluate": (evaluate_main, "held-out perplexity per source and length (extrapolation)"),
     "recipes": (recipes_main, "list the packaged recipes (usable by name with --config)"),
+    "plan": (plan_main, "per-GPU memory plan: states, activations, largest micro-batch that fits"),
 }
 

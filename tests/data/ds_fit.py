@@ -1,6 +1,6 @@
 """2-process CPU (gloo) fit under DeepSpeed ZeRO-3 (or DDP, for comparison); used by tests/test_deepspeed.py.
 
-usage: python ds_fit.py FAMILY STRATEGY PRECISION MAX_STEPS ROOT
+usage: python ds_fit.py FAMILY STRATEGY PRECISION MAX_STEPS ROOT [RESUME_FROM]
   STRATEGY: zero3 | zero3-offload (the recipes in recipes/strategy/) | ddp.  Writes ROOT/result-rank<R>.json per rank (per-step losses; whether the
   parameters are ZeRO-partitioned), then saves a checkpoint to ROOT/final.ckpt (a folder of per-rank
   shards under ZeRO-3).
@@ -19,6 +19,7 @@ from lightning_redllm.data import PretrainDataModule  # noqa: E402
 from lightning_redllm.modules import DecLLMModule, RedLLMModule  # noqa: E402
 
 family, strategy, precision, steps, root = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+resume_from = sys.argv[6] if len(sys.argv) > 6 else None
 cls = RedLLMModule if family == "redllm" else DecLLMModule
 L.seed_everything(0)
 module = cls(overrides=dict(d_model=64, n_heads=2, head_dim=32, ffn_dim=128, n_layers=2, n_encoder_layers=1,
@@ -50,7 +51,7 @@ else:
 trainer = L.Trainer(accelerator="cpu", devices=2, max_steps=steps, precision=precision, strategy=ds, logger=False,
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                     num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root, callbacks=[Record()])
-trainer.fit(module, datamodule=PretrainDataModule(seq_len=64, batch_size=2, num_workers=0))
+trainer.fit(module, datamodule=PretrainDataModule(seq_len=64, batch_size=2, num_workers=0), ckpt_path=resume_from)
 partitioned = hasattr(module.model.embed.weight, "ds_id")
 engine = getattr(trainer.strategy, "deepspeed_engine", None)
 offload = bool(engine.zero_offload_optimizer()) if engine is not None else False
