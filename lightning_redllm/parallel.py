@@ -27,6 +27,25 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
            check_fn=lambda m: isinstance(m, Block))
 
 
+def checkpoint_blocks_in_place(model: nn.Module) -> None:
+    """Per-block activation checkpointing without new wrapper modules: each ``Block``'s forward is
+    replaced (on the instance) by a non-reentrant ``torch.utils.checkpoint`` of itself. Used under
+    DeepSpeed ZeRO-3, where ``configure_model`` runs inside ``deepspeed.zero.Init``, which intercepts
+    the construction of every new module and breaks ``CheckpointWrapper``'s attribute forwarding
+    (infinite recursion). The block's submodules keep their ZeRO-3 gather hooks in the recompute."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    def checkpointed(forward, *args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    for module in model.modules():
+        if isinstance(module, Block) and not getattr(module, "_checkpointed_in_place", False):
+            module.forward = functools.partial(checkpointed, module.forward)
+            module._checkpointed_in_place = True
+
+
 def shard_model(model: nn.Module, mesh=None, *, reshard_after_forward: bool = True,
                 param_dtype: Optional[torch.dtype] = None, activation_checkpointing: bool = False) -> nn.Module:
     """FSDP2 over ``mesh`` (1-D data-parallel ``DeviceMesh``; None = the default process group).

@@ -206,9 +206,9 @@ class LanguageModelModule(L.LightningModule):
                             param.copy_(state[f"{name}.{pname}" if name else pname])
             log.info("initialized %s weights from %s", self.config.family, self.hparams.init_from)
         if self.hparams.activation_checkpointing:
-            from ..parallel import apply_activation_checkpointing
+            from ..parallel import checkpoint_blocks_in_place
 
-            apply_activation_checkpointing(model)
+            checkpoint_blocks_in_place(model)  # no wrapper modules inside zero.Init
         return model
 
     def load_weights(self, path: str) -> None:
