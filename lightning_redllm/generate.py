@@ -225,7 +225,8 @@ def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     dec = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     cache = model.init_cache(b, opts.max_new_tokens + 1) if use_cache else None
-    logits = model.decode(dec, enc, cache=cache, return_logits=True).logits[:, -1]
+    # decode through forward (not .decode): sharding wrappers gather the tied head for forward
+    logits = model(None, dec, encoder_outputs=enc, cache=cache, return_logits=True).logits[:, -1]
     out = []
     for step in range(opts.max_new_tokens):
         nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
@@ -235,10 +236,10 @@ def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
         if bool(done.all()) or step == opts.max_new_tokens - 1:
             break
         if use_cache:
-            logits = model.decode(nxt.unsqueeze(1), enc, cache=cache, return_logits=True).logits[:, -1]
+            logits = model(None, nxt.unsqueeze(1), encoder_outputs=enc, cache=cache, return_logits=True).logits[:, -1]
         else:
             dec = torch.cat([dec, nxt.unsqueeze(1)], dim=1)
-            logits = model.decode(dec, enc, return_logits=True).logits[:, -1]
+            logits = model(None, dec, encoder_outputs=enc, return_logits=True).logits[:, -1]
     return torch.stack(out, dim=1)
 
 

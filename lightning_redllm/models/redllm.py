@@ -117,18 +117,29 @@ class RedLLM(LanguageModel):
         x = self.decoder_norm(x)
         return self.lm_output(x, labels, z_loss, return_logits)
 
-    def forward(self, encoder_input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
+    def forward(self, encoder_input_ids: Optional[torch.Tensor], decoder_input_ids: torch.Tensor,
                 labels: Optional[torch.Tensor] = None, *, encoder_lengths: Optional[torch.Tensor] = None,
+                encoder_outputs: Optional[EncoderOutput] = None, cache: Optional[RedLLMCache] = None,
                 z_loss: float = 0.0, return_logits: Optional[bool] = None) -> ModelOutput:
-        """Encode then decode.
+        """Encode then decode; or, with ``encoder_outputs``, decode only (incremental generation).
 
         Args:
-            encoder_input_ids: (B, S) encoder tokens, right-padded.
+            encoder_input_ids: (B, S) encoder tokens, right-padded (None when ``encoder_outputs`` is given).
             decoder_input_ids: (B, T) decoder inputs (targets shifted right behind a bos).
             labels: (B, T) decoder targets, -100 = ignore.
             encoder_lengths: (B,) unpadded encoder lengths (None: no padding).
+            encoder_outputs: a previous :meth:`encode` result to decode against.
+            cache: decoding state from :meth:`init_cache`.
             z_loss: weight of the z-loss term.
+
+        Decoding steps should come through here rather than :meth:`decode` when the model is
+        sharded: a sharding wrapper (FSDP, DeepSpeed ZeRO-3) gathers the tied output projection for
+        the model's own forward, not for a bare method call.
         """
-        # encode() and decode() check their ids (and decode the batch sizes): no second device sync here
-        enc = self.encode(encoder_input_ids, encoder_lengths)
-        return self.decode(decoder_input_ids, enc, labels, z_loss=z_loss, return_logits=return_logits)
+        if encoder_outputs is None:
+            if encoder_input_ids is None:
+                raise ValueError("RedLLM.forward needs encoder_input_ids or encoder_outputs")
+            # encode() and decode() check their ids (and decode the batch sizes): no second device sync here
+            encoder_outputs = self.encode(encoder_input_ids, encoder_lengths)
+        return self.decode(decoder_input_ids, encoder_outputs, labels, cache=cache, z_loss=z_loss,
+                           return_logits=return_logits)

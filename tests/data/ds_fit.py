@@ -58,10 +58,15 @@ engine = getattr(trainer.strategy, "deepspeed_engine", None)
 offload = bool(engine.zero_offload_optimizer()) if engine is not None else False
 local = module.model.embed.weight.numel()
 trainer.save_checkpoint(os.path.join(root, "final.ckpt"))
+# greedy tokens from the live (still partitioned) model: every rank runs it, ZeRO-3 gathers per module
+from lightning_redllm.generate import SamplingOptions, generate  # noqa: E402
+
+live_tokens = generate(module.model, [[5, 6, 7, 8], [9, 10]], bos_id=1, eos_id=None,
+                       options=SamplingOptions(max_new_tokens=6))
 # one file per rank: two processes printing to one pipe interleave their lines
 with open(os.path.join(root, f"result-rank{trainer.global_rank}.json"), "w") as f:
     json.dump({"rank": trainer.global_rank, "losses": losses, "partitioned": partitioned, "local_embed_numel": local,
-               "optimizer_offloaded": offload}, f)
+               "optimizer_offloaded": offload, "live_tokens": live_tokens}, f)
 trainer.strategy.barrier()
 # gloo's threads sometimes abort the interpreter during teardown; everything is printed and saved
 sys.stdout.flush()
