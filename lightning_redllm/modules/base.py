@@ -196,8 +196,7 @@ class LanguageModelModule(L.LightningModule):
         deepspeed.zero.register_external_parameter(model, model.embed.weight)
         if self.hparams.init_from:
             state, saved_cfg = load_weights(self.hparams.init_from)
-            with torch.device("meta"):
-                check_compatible(self.config, saved_cfg, state, build_model(self.config), self.hparams.init_from)
+            check_compatible(self.config, saved_cfg, state, model, self.hparams.init_from)  # reads ds_shape
             for name, module in model.named_modules():
                 own = dict(module.named_parameters(recurse=False))
                 if own:

@@ -152,7 +152,10 @@ def check_compatible(own: ModelConfig, saved: Optional[dict[str, Any]], state: d
                  and not (k.startswith("n_") and k.endswith("layers") and _unused_layer_key(own, k))]
         if diffs:
             raise ValueError(f"checkpoint {path} does not fit this model: " + "; ".join(diffs))
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    # a ZeRO-3-partitioned parameter's tensor is its local shard; its real shape is ds_shape
+    params = dict(model.named_parameters())
+    expected = {k: tuple(getattr(params[k], "ds_shape", v.shape)) if k in params else tuple(v.shape)
+                for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))

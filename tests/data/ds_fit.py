@@ -25,7 +25,8 @@ L.seed_everything(0)
 module = cls(overrides=dict(d_model=64, n_heads=2, head_dim=32, ffn_dim=128, n_layers=2, n_encoder_layers=1,
                             n_decoder_layers=1), warmup_steps=0, lr=3e-3, schedule="constant",
              loss_normalization="micro_batch",
-             activation_checkpointing=strategy != "ddp")  # as the zero3 recipes set it; recompute changes no math
+             activation_checkpointing=strategy != "ddp",  # as the zero3 recipes set it; recompute changes no math
+             init_from=os.environ.get("DS_FIT_INIT_FROM") or None)
 losses = []
 
 
