@@ -52,15 +52,20 @@ def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
-def _os_error_in(err: BaseException) -> Optional[OSError]:
-    """The OSError behind ``err`` (torch.save turns a failing ``write`` into a RuntimeError)."""
+def _error_in_chain(err: Optional[BaseException], types) -> Optional[BaseException]:
+    """``err`` or the first exception it was raised from / while handling that is one of ``types``."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, OSError):
+        if isinstance(err, types):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def _os_error_in(err: BaseException) -> Optional[OSError]:
+    """The OSError behind ``err`` (torch.save turns a failing ``write`` into a RuntimeError)."""
+    return _error_in_chain(err, OSError)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -257,13 +262,7 @@ def _user_error_behind(err: BaseException) -> Optional[BaseException]:
     """``err`` if it is a user error; else a user error it was raised while handling. Lightning's
     teardown can mask one: a dataloader that fails in ``iter()`` (say, a resume state from another
     data config) is followed by ``RuntimeError: Please call iter(combined_loader) first``."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, USER_ERRORS):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return _error_in_chain(err, USER_ERRORS)
 
 
 def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
