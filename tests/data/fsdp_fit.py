@@ -40,9 +40,13 @@ if trainer.global_rank == 0:
     import torch
 
     torch.save(full, f"{root}/full_weights.pt")
-print("RESULT " + json.dumps({"rank": trainer.global_rank, "losses": losses,
-                              "param_type": type(module.model.embed.weight).__name__,
-                              "val_loss": float(trainer.callback_metrics["val/loss"])}), flush=True)
+# one write() per line: two ranks share the pipe, and print() may split a line into two writes that
+# interleave with the other rank's (a write of < PIPE_BUF bytes to a pipe is atomic)
+line = "RESULT " + json.dumps({"rank": trainer.global_rank, "losses": losses,
+                               "param_type": type(module.model.embed.weight).__name__,
+                               "val_loss": float(trainer.callback_metrics["val/loss"])}) + "\n"
+assert len(line.encode()) < 4096, "keep the result line under PIPE_BUF so the write stays atomic"
+os.write(sys.stdout.fileno(), line.encode())
 # gloo's threads sometimes abort the interpreter during teardown (SIGABRT after the last Python frame,
 # ~1 run in 8 with torch 2.13 CPU); everything is printed and saved, so leave without the teardown
 sys.stdout.flush()
