@@ -173,13 +173,15 @@ def verify_torch_archive(path: Path) -> None:
         raise CheckpointLoadError(f"checkpoint {path} is not a complete torch archive: {err}") from err
 
 
-def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:
-    """``torch.load`` with errors that name the file (missing, truncated, corrupt, unsafe pickle)."""
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True,
+                    mmap: bool = False) -> Any:
+    """``torch.load`` with errors that name the file (missing, truncated, corrupt, unsafe pickle);
+    ``mmap``: tensors stay backed by the file until used."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, f"checkpoint not found: {path}", str(path))
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+        return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except pickle.UnpicklingError as err:
         # the weights-only unpickler reports both a forbidden class and plain garbage; only the
         # former names a GLOBAL

@@ -82,13 +82,15 @@ def test_zero3_bf16_export_reload_generate(family, tmp_path):
         generate(from_file, prompts, bos_id=1, eos_id=None, options=opts)
 
 
-@pytest.mark.parametrize("family", ["decllm", "redllm"])
-def test_zero3_resume_continues_exactly(family, tmp_path):
-    """Stop a ZeRO-3 run at step 2 (sharded checkpoint: weights, optimizer partitions, every rank's data
-    position), resume it to step 5: the same per-step losses as a run that never stopped, bit for bit."""
-    full = ds_fit(family, "zero3", "bf16-mixed", 5, tmp_path / "full")
-    first = ds_fit(family, "zero3", "bf16-mixed", 2, tmp_path / "first")
-    resumed = ds_fit(family, "zero3", "bf16-mixed", 5, tmp_path / "resumed", resume=tmp_path / "first" / "final.ckpt")
+@pytest.mark.parametrize("family, recipe", [("decllm", "zero3"), ("redllm", "zero3"), ("decllm", "zero3-offload")])
+def test_zero3_resume_continues_exactly(family, recipe, tmp_path):
+    """Stop a ZeRO-3 run at step 2 (sharded checkpoint: weights, optimizer partitions -- on the CPU with
+    the offload recipe --, every rank's data position), resume it to step 5: the same per-step losses
+    as a run that never stopped, bit for bit."""
+    full = ds_fit(family, recipe, "bf16-mixed", 5, tmp_path / "full")
+    first = ds_fit(family, recipe, "bf16-mixed", 2, tmp_path / "first")
+    resumed = ds_fit(family, recipe, "bf16-mixed", 5, tmp_path / "resumed", resume=tmp_path / "first" / "final.ckpt")
+    assert full[0]["optimizer_offloaded"] == resumed[0]["optimizer_offloaded"] == (recipe == "zero3-offload")
     for rank in (0, 1):
         assert first[rank]["losses"] == full[rank]["losses"][:2]
         assert resumed[rank]["losses"] == full[rank]["losses"][2:], (resumed[rank], full[rank])
@@ -126,3 +128,48 @@ def test_zero3_init_from_loads_every_partitioned_parameter(tmp_path):
     loaded = read_checkpoint(root / "final.ckpt").state
     for k, v in source.state_dict().items():
         torch.testing.assert_close(loaded[k], v, rtol=0, atol=0)
+
+
+def test_cli_fit_with_the_zero3_offload_recipe_then_export_and_generate(tmp_path):
+    """What a user runs: ``python -m lightning_redllm fit --config quickstart --config strategy/zero3-offload``
+    (the shipped recipe as it is, bar the CPU shim for the GPU-only strategy and no pinned memory without
+    CUDA), 2 processes; then ``export`` of the sharded checkpoint folder and ``generate`` from the file."""
+    import os
+
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "data"), os.environ.get("PYTHONPATH", "")])}
+    fit = subprocess.run(
+        [sys.executable, "-m", "lightning_redllm", "fit", "--config", "quickstart", "--config", "strategy/zero3-offload",
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "bf16-mixed",
+         "--trainer.strategy.class_path", "ds_cpu.CPUDeepSpeedStrategy",
+         "--trainer.strategy.init_args.config.zero_optimization.offload_optimizer.pin_memory", "false",
+         "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2",
+         "--trainer.default_root_dir", str(run)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert fit.returncode == 0, fit.stderr[-4000:]
+    assert "step 2/2" in fit.stderr + fit.stdout
+    folder = run / "checkpoints" / "last.ckpt"
+    shards = sorted(p.name for p in (folder / "checkpoint").iterdir())
+    # one optimizer partition per rank (bf16 mixed precision: DeepSpeed prefixes the files with bf16_)
+    assert [s for s in shards if "optim_states" in s] == ["bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                                        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    out = tmp_path / "model.safetensors"
+    e = subprocess.run([sys.executable, "-m", "lightning_redllm", "export", "--ckpt", str(folder), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert e.returncode == 0, e.stderr[-2000:]
+    from lightning_redllm.modules.checkpoint import model_from_checkpoint, read_checkpoint
+
+    consolidated = read_checkpoint(folder).state
+    assert [k for k in consolidated if "embed" in k] == ["embed.weight"]  # still one tied matrix
+    model, cfg, hparams = model_from_checkpoint(out)
+    assert cfg.family == "redllm" and hparams["tokenizer"] == "bundled-bpe-4k"
+    for k, v in consolidated.items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+    g = subprocess.run([sys.executable, "-m", "lightning_redllm", "generate", "--ckpt", str(out), "--prompt", "The",
+                        "--max_new_tokens", "5", "--json"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert g.returncode == 0, g.stderr[-2000:]
+    from lightning_redllm.generate import SamplingOptions, generate_text
+    from lightning_redllm.tokenizer import load_tokenizer
+
+    expected = generate_text(model, load_tokenizer("bundled-bpe-4k"), ["The"], options=SamplingOptions(max_new_tokens=5))
+    assert [row["output"] for row in json.loads(g.stdout)] == expected

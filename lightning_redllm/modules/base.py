@@ -24,7 +24,7 @@ from ..config import ModelConfig
 from ..errors import NonFiniteLossError
 from ..models import LanguageModel, ModelOutput, build_model
 from ..tokenizer import Tokenizer, load_tokenizer
-from .checkpoint import check_compatible, load_weights
+from .checkpoint import check_compatible, load_weights, stream_weights
 from .optim import OPTIMIZERS, build_optimizer, lr_multiplier, param_groups, scale_grad
 
 log = logging.getLogger(__name__)
@@ -195,14 +195,18 @@ class LanguageModelModule(L.LightningModule):
         model.init_weights(gather=gathered)
         deepspeed.zero.register_external_parameter(model, model.embed.weight)
         if self.hparams.init_from:
-            state, saved_cfg = load_weights(self.hparams.init_from)
-            check_compatible(self.config, saved_cfg, state, model, self.hparams.init_from)  # reads ds_shape
-            for name, module in model.named_modules():
-                own = dict(module.named_parameters(recurse=False))
-                if own:
-                    with gathered(list(own.values())), torch.no_grad():
-                        for pname, param in own.items():
-                            param.copy_(state[f"{name}.{pname}" if name else pname])
+            # one tensor at a time from a memory-mapped file: no rank holds a second full copy
+            with stream_weights(self.hparams.init_from) as src:
+                check_compatible(self.config, src.config, src.shapes, model, self.hparams.init_from)  # reads ds_shape
+                # GatheredParameters(modifier_rank=0) broadcasts rank 0's values: only rank 0 reads tensors
+                reader = torch.distributed.get_rank() == 0
+                for name, module in model.named_modules():
+                    own = dict(module.named_parameters(recurse=False))
+                    if own:
+                        with gathered(list(own.values())), torch.no_grad():
+                            for pname, param in own.items():
+                                if reader:
+                                    param.copy_(src.get(f"{name}.{pname}" if name else pname))
             log.info("initialized %s weights from %s", self.config.family, self.hparams.init_from)
         if self.hparams.activation_checkpointing:
             from ..parallel import checkpoint_blocks_in_place

@@ -18,9 +18,10 @@ the other family or another size with an error naming the file and the differing
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
 
@@ -96,6 +97,62 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
     return Checkpoint(_strip_prefix(ckpt["state_dict"]), ckpt.get("model_config"), ckpt.get("hyper_parameters"))
+
+
+class WeightStream(NamedTuple):
+    """Weights read one tensor at a time (:func:`stream_weights`): ``shapes`` maps every name to a
+    meta tensor of its shape (for :func:`check_compatible`); ``get(name)`` reads that tensor."""
+
+    shapes: dict[str, torch.Tensor]
+    config: Optional[dict[str, Any]]
+    get: Callable[[str], torch.Tensor]
+
+
+@contextlib.contextmanager
+def stream_weights(path: str | Path) -> Iterator[WeightStream]:
+    """Open a checkpoint for reading tensor by tensor, so a rank that writes its model one module at a
+    time (DeepSpeed ZeRO-3 ``init_from``) never holds a second full copy of the weights.
+
+    * ``.safetensors``: memory-mapped; ``get`` copies out one tensor.
+    * Lightning ``.ckpt``: ``torch.load(mmap=True, weights_only=True)``: the tensors stay backed by the
+      file (the page cache, shared by every rank of a node) until ``get`` copies one out.
+    * a sharded checkpoint directory (DeepSpeed / torch.distributed.checkpoint) has no per-tensor
+      reader: it is consolidated in memory as by :func:`read_checkpoint` (export it to safetensors
+      once, then start 8B runs from that file).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        from ..errors import CheckpointLoadError
+
+        try:
+            handle = safe_open(str(path), framework="pt")
+            meta = handle.metadata() or {}
+            shapes = {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}
+        except Exception as err:  # noqa: BLE001 - SafetensorError and friends carry no file name
+            reason = " ".join(str(err).split())
+            raise CheckpointLoadError(f"checkpoint {path} is not a readable safetensors file "
+                                      f"(truncated or corrupt?): {type(err).__name__}: {reason}") from None
+        cfg = json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
+        with handle:
+            yield WeightStream(shapes, cfg, handle.get_tensor)
+        return
+    if path.is_file():
+        from ..reliability import load_torch_file
+
+        ckpt = load_torch_file(path, map_location="cpu", weights_only=True, mmap=True)
+        if "state_dict" not in ckpt:
+            raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
+        state = _strip_prefix(ckpt["state_dict"])
+        cfg = ckpt.get("model_config")
+        del ckpt
+    else:
+        state, cfg = load_weights(path)
+    shapes = {k: torch.empty(v.shape, device="meta") for k, v in state.items()}
+    yield WeightStream(shapes, cfg, lambda name: state[name].clone())
 
 
 def _load_distributed_dir(path: Path) -> Checkpoint:
