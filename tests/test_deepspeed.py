@@ -41,6 +41,22 @@ def test_zero3_matches_ddp_and_consolidates_one_tied_matrix(family, recipe, tmp_
         # after 3 optimizer steps -> 1e-4 absolute on a loss of ~8
         assert zero[rank]["losses"] == pytest.approx(ddp[rank]["losses"], abs=1e-4), (zero[rank], ddp[rank])
 
+    # and a single process trained on the same batches (step i: rank 0's batch i, then rank 1's), the same
+    # init and seed: its loss is the mean of the two ranks' (every packed sequence has the same token
+    # count), equal up to fp32 reduction order (same 1e-4 bound as above)
+    import os
+
+    single_root = tmp_path / "single"
+    single_root.mkdir()
+    r = subprocess.run([sys.executable, str(REPO / "tests/data/ds_fit.py"), family, "single", "32-true", "3",
+                        str(single_root)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={**os.environ, "DS_FIT_REPLAY": str(tmp_path / "zero3")})
+    assert r.returncode == 0, r.stderr[-4000:]
+    single = json.loads((single_root / "result-rank0.json").read_text())["losses"]
+    pairs = [(a + b) / 2 for a, b in zip(zero[0]["losses"], zero[1]["losses"])]
+    assert len(single) == 3 and single == pytest.approx(pairs, abs=1e-4), (single, pairs)
+    assert max(abs(a - b) for a, b in zip(zero[0]["losses"], zero[1]["losses"])) > 1e-3  # ranks saw different data
+
     from lightning_redllm.modules.checkpoint import model_from_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(tmp_path / "zero3" / "final.ckpt")

@@ -1,7 +1,9 @@
 """2-process CPU (gloo) fit under DeepSpeed ZeRO-3 (or DDP, for comparison); used by tests/test_deepspeed.py.
 
 usage: python ds_fit.py FAMILY STRATEGY PRECISION MAX_STEPS ROOT [RESUME_FROM]
-  STRATEGY: zero3 | zero3-offload (the recipes in recipes/strategy/) | ddp.  Writes ROOT/result-rank<R>.json per rank (per-step losses; whether the
+  STRATEGY: zero3 | zero3-offload (the recipes in recipes/strategy/) | ddp | single (one process, replaying
+  the batches a 2-rank run recorded in ROOT/../<run>/batches-rank<R>.pt, given as DS_FIT_REPLAY=<run folder>:
+  step i trains on rank 0's batch i followed by rank 1's).  Writes ROOT/result-rank<R>.json per rank (per-step losses; whether the
   parameters are ZeRO-partitioned), then saves a checkpoint to ROOT/final.ckpt (a folder of per-rank
   shards under ZeRO-3).
 """
@@ -30,13 +32,26 @@ module = cls(overrides=dict(d_model=64, n_heads=2, head_dim=32, ffn_dim=128, n_l
 losses = []
 
 
+batches = []
+
+
 class Record(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         losses.append(float(outputs["loss"]))
+        batches.append(batch["tokens"].clone())
 
 
+devices, data = 2, PretrainDataModule(seq_len=64, batch_size=2, num_workers=0)
 if strategy == "ddp":
     ds = "ddp"
+elif strategy == "single":
+    import torch  # noqa: E402
+
+    replay = os.environ["DS_FIT_REPLAY"]
+    ranks = [torch.load(os.path.join(replay, f"batches-rank{r}.pt")) for r in (0, 1)]
+    steps = min(steps, len(ranks[0]))
+    data = torch.utils.data.DataLoader([{"tokens": torch.cat([a, b])} for a, b in zip(*ranks)], batch_size=None)
+    ds, devices = "auto", 1
 else:
     # the shipped recipe's DeepSpeed config (recipes/strategy/zero3*.yaml), made strict for a tiny model:
     # release every parameter right after its module ran (no persistence, prefetch or live budget), so a
@@ -50,10 +65,13 @@ else:
     if "offload_optimizer" in config["zero_optimization"]:
         config["zero_optimization"]["offload_optimizer"]["pin_memory"] = False  # no CUDA to pin for
     ds = CPUDeepSpeedStrategy(config=config)
-trainer = L.Trainer(accelerator="cpu", devices=2, max_steps=steps, precision=precision, strategy=ds, logger=False,
+trainer = L.Trainer(accelerator="cpu", devices=devices, max_steps=steps, precision=precision, strategy=ds, logger=False,
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                     num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root, callbacks=[Record()])
-trainer.fit(module, datamodule=PretrainDataModule(seq_len=64, batch_size=2, num_workers=0), ckpt_path=resume_from)
+if strategy == "single":
+    trainer.fit(module, train_dataloaders=data)
+else:
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
 partitioned = hasattr(module.model.embed.weight, "ds_id")
 engine = getattr(trainer.strategy, "deepspeed_engine", None)
 offload = bool(engine.zero_offload_optimizer()) if engine is not None else False
@@ -64,6 +82,9 @@ from lightning_redllm.generate import SamplingOptions, generate  # noqa: E402
 
 live_tokens = generate(module.model, [[5, 6, 7, 8], [9, 10]], bos_id=1, eos_id=None,
                        options=SamplingOptions(max_new_tokens=6))
+import torch  # noqa: E402
+
+torch.save(batches, os.path.join(root, f"batches-rank{trainer.global_rank}.pt"))
 # one file per rank: two processes printing to one pipe interleave their lines
 with open(os.path.join(root, f"result-rank{trainer.global_rank}.json"), "w") as f:
     json.dump({"rank": trainer.global_rank, "losses": losses, "partitioned": partitioned, "local_embed_numel": local,
