@@ -4,6 +4,7 @@ checkpoint, and the consolidated weights export, reload and generate like the li
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,8 @@ def test_zero3_matches_ddp_and_consolidates_one_tied_matrix(family, recipe, tmp_
     # and a single process trained on the same batches (step i: rank 0's batch i, then rank 1's), the same
     # init and seed: its loss is the mean of the two ranks' (every packed sequence has the same token
     # count), equal up to fp32 reduction order (same 1e-4 bound as above)
-    import os
-
+    if recipe == "zero3-offload":  # the offload run equals DDP above; one single-process replay per family suffices
+        return _check_consolidated(family, tmp_path, zero)
     single_root = tmp_path / "single"
     single_root.mkdir()
     r = subprocess.run([sys.executable, str(REPO / "tests/data/ds_fit.py"), family, "single", "32-true", "3",
@@ -56,7 +57,10 @@ def test_zero3_matches_ddp_and_consolidates_one_tied_matrix(family, recipe, tmp_
     pairs = [(a + b) / 2 for a, b in zip(zero[0]["losses"], zero[1]["losses"])]
     assert len(single) == 3 and single == pytest.approx(pairs, abs=1e-4), (single, pairs)
     assert max(abs(a - b) for a, b in zip(zero[0]["losses"], zero[1]["losses"])) > 1e-3  # ranks saw different data
+    _check_consolidated(family, tmp_path, zero)
 
+
+def _check_consolidated(family, tmp_path, zero):
     from lightning_redllm.modules.checkpoint import model_from_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(tmp_path / "zero3" / "final.ckpt")
@@ -76,7 +80,7 @@ def test_zero3_matches_ddp_and_consolidates_one_tied_matrix(family, recipe, tmp_
                     options=SamplingOptions(max_new_tokens=6)) == zero[0]["live_tokens"] == zero[1]["live_tokens"]
 
 
-@pytest.mark.parametrize("family", ["decllm", "redllm"])
+@pytest.mark.parametrize("family", ["decllm"])  # RedLLM: the bf16 CLI test at the end of this file
 def test_zero3_bf16_export_reload_generate(family, tmp_path):
     run = ds_fit(family, "zero3", "bf16-mixed", 3, tmp_path / "bf16")
     losses = run[0]["losses"]
@@ -150,8 +154,6 @@ def test_cli_fit_with_the_zero3_offload_recipe_then_export_and_generate(tmp_path
     """What a user runs: ``python -m lightning_redllm fit --config quickstart --config strategy/zero3-offload``
     (the shipped recipe as it is, bar the CPU shim for the GPU-only strategy and no pinned memory without
     CUDA), 2 processes; then ``export`` of the sharded checkpoint folder and ``generate`` from the file."""
-    import os
-
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "data"), os.environ.get("PYTHONPATH", "")])}
     fit = subprocess.run(
