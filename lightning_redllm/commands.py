@@ -116,28 +116,46 @@ def export_main(argv: Sequence[str]) -> int:
 def evaluate_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m lightning_redllm evaluate",
                                 description="Held-out perplexity per source, at one or several sequence lengths "
-                                            "(lengths past the training length measure extrapolation).")
+                                            "(lengths past the training length measure extrapolation); with "
+                                            "--tasks, lm-evaluation-harness tasks instead (needs the eval extra).")
     p.add_argument("--ckpt", required=True, help="Lightning .ckpt or exported .safetensors")
     p.add_argument("--shards", default=None, help="pretraining shard pattern (default: the bundled validation shards)")
-    p.add_argument("--lengths", default="256", help="comma-separated sequence lengths, e.g. 256,512,1024")
+    p.add_argument("--lengths", default=None, help="comma-separated sequence lengths, e.g. 256,512,1024 (default 256)")
     p.add_argument("--prefix_len", type=int, default=None, help="RedLLM encoder tokens (default: half of each length)")
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--max_sequences", type=int, default=64, help="per source and length (0 = all)")
+    p.add_argument("--max_sequences", type=int, default=None, help="per source and length (0 = all; default 64)")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    lm = p.add_argument_group("lm-eval tasks (instead of the perplexity mode)")
+    lm.add_argument("--tasks", default=None,
+                    help="comma-separated lm-eval task names: the bundled bundled_continuation_mc, "
+                         "bundled_heldout_ppl, bundled_next_word (tag lightning_redllm_bundled), any task "
+                         "lm-eval knows, or tasks under --include_path")
+    lm.add_argument("--num_fewshot", type=int, default=0, help="in-context examples per prompt (default 0)")
+    lm.add_argument("--limit", type=int, default=None, help="at most N examples per task")
+    lm.add_argument("--include_path", default=None, help="extra folder of lm-eval task YAML files")
     a = p.parse_args(list(argv))
+    if a.tasks is not None:  # lm-eval mode: lightning_redllm/lm_eval.py (imports lm-eval only now)
+        from .lm_eval import evaluate_tasks
+
+        return evaluate_tasks(p, a)
+    for flag in ("num_fewshot", "limit", "include_path"):
+        if getattr(a, flag) != p.get_default(flag):
+            print(f"{p.prog}: error: --{flag} needs --tasks (lm-eval mode)", file=sys.stderr)
+            return 2
     from .data.shards import bundled_shards
     from .eval import evaluate_perplexity, format_table
 
     try:
-        lengths = [int(x) for x in a.lengths.split(",") if x.strip()]
+        lengths = [int(x) for x in (a.lengths or "256").split(",") if x.strip()]
     except ValueError:
         p.error(f"--lengths must be comma-separated integers, got {a.lengths!r}")
+    max_sequences = 64 if a.max_sequences is None else a.max_sequences
     model, tok, cfg = load_for_inference(a.ckpt, a.tokenizer, a.device)
     shards = a.shards or bundled_shards("pretrain", "val")
     res = evaluate_perplexity(model, shards, bos_id=tok.bos_id, lengths=lengths, batch_size=a.batch_size,
-                              max_sequences=a.max_sequences or None, prefix_len=a.prefix_len,
+                              max_sequences=max_sequences or None, prefix_len=a.prefix_len,
                               tokenizer_fingerprint=tok.fingerprint)
     res.update({"ckpt": str(a.ckpt), "family": cfg.family, "shards": str(shards)})
     print(format_table(res))

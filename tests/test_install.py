@@ -55,7 +55,8 @@ def test_wheel_holds_every_package_recipe_and_asset(installed):
     for rec in recipes:
         assert f"lightning_redllm/recipes/{rec}" in names, rec
     for asset in ("tokenizers/bundled-bpe-4k.json", "shards/pretrain/train/manifest.json",
-                  "shards/instruct/val/manifest.json"):
+                  "shards/instruct/val/manifest.json", "lm_eval_tasks/bundled.py",
+                  "lm_eval_tasks/bundled_continuation_mc.yaml"):
         assert f"lightning_redllm/assets/{asset}" in names, asset
 
 
