@@ -48,6 +48,8 @@ def generate_main(argv: Sequence[str]) -> int:
     p.add_argument("--top_p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no_cache", action="store_true", help="recompute every step (slow; for checking)")
+    p.add_argument("--compile", action="store_true",
+                   help="static KV cache + compiled one-token step (CUDA graphs on a GPU); pays a compilation first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     p.add_argument("--progress_every", type=int, default=256, metavar="N",
@@ -60,6 +62,8 @@ def generate_main(argv: Sequence[str]) -> int:
         for i, prompt in enumerate(a.prompt):
             if not prompt.strip():
                 raise ValueError(f"--prompt number {i + 1} is empty")
+        if a.compile and a.no_cache:
+            raise ValueError("--compile decodes with a static KV cache; it cannot be combined with --no_cache")
         if a.progress_every < 0:
             raise ValueError(f"--progress_every must be >= 0, got {a.progress_every}")
         if not Path(a.ckpt).exists():  # before read_checkpoint, whose message speaks of init_from
@@ -80,7 +84,8 @@ def generate_main(argv: Sequence[str]) -> int:
             progress = None
             if a.progress_every:
                 progress = ProgressPrinter(opts.max_new_tokens, prefix=p.prog, every=a.progress_every)
-            outs = generate_text(model, tok, a.prompt, options=opts, use_cache=not a.no_cache, progress=progress)
+            outs = generate_text(model, tok, a.prompt, options=opts, use_cache=not a.no_cache, progress=progress,
+                                 compile=a.compile)
     except (ValueError, OSError) as err:
         print(f"{p.prog}: error: {_as_option(err)}", file=sys.stderr)
         return 2

@@ -13,6 +13,14 @@ Prompts of different lengths are batched together:
 With ``use_cache=False`` every step re-runs the whole sequence; the tokens are identical to the
 cached path (tested), which is the point of keeping that slow path around.
 
+With ``compile=True`` the prompt is processed as usual, then every new token goes through one
+compiled function over a *static* KV cache (``KVCache.write``): the cache slot, the RoPE positions
+and the key-validity mask are device tensors and attention reads all ``max_len`` slots, so each
+step has the same shapes and one graph serves them all -- on CUDA a CUDA graph
+(``torch.compile(mode="reduce-overhead")``), elsewhere plain ``torch.compile``. No host value is
+read inside a step; whether every row has finished is checked every ``DONE_CHECK_EVERY`` steps.
+The tokens are those of the eager paths (tested, greedy and seeded sampling, ragged batches).
+
 A prompt plus ``max_new_tokens`` longer than the model's trained context (``config.max_seq_len``)
 is allowed -- RoPE extrapolates -- but warned about (:class:`ContextLengthWarning`).
 """
@@ -142,15 +150,18 @@ def _finish(tokens: torch.Tensor, eos_id: Optional[int]) -> list[list[int]]:
 def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], *, bos_id: int,
              eos_id: Optional[int], pad_id: int = 0, options: Optional[SamplingOptions] = None,
              use_cache: bool = True, add_bos: bool = True,
-             progress: Optional[Callable[[int], None]] = None) -> list[list[int]]:
+             progress: Optional[Callable[[int], None]] = None, compile: bool = False) -> list[list[int]]:
     """Generate continuations (token ids, EOS excluded) for a batch of token-id prompts.
 
     ``progress(n)`` is called after each step with the number of tokens generated per prompt so far
     (e.g. a :class:`ProgressPrinter`). Warns :class:`ContextLengthWarning` when a prompt +
-    ``max_new_tokens`` exceeds the trained context.
+    ``max_new_tokens`` exceeds the trained context. ``compile``: decode with a static KV cache and
+    a compiled one-token step (see the module docstring); the first call pays the compilation.
     """
     opts = options or SamplingOptions()
     _check_prompts(prompts)
+    if compile and not use_cache:
+        raise ValueError("compile=True decodes with a (static) KV cache; it cannot be combined with use_cache=False")
     overflow = context_overflow(model.config, [len(p) for p in prompts], opts.max_new_tokens, add_bos=add_bos)
     if overflow:
         warnings.warn(overflow, ContextLengthWarning, stacklevel=2)
@@ -161,7 +172,11 @@ def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], *, bos_id: 
         device = model.embed.weight.device
         if opts.seed is not None:
             gen = torch.Generator(device=device).manual_seed(opts.seed)
-        if isinstance(model, RedLLM):
+        if isinstance(model, RedLLM) and compile:
+            tokens = _static_redllm(model, prompts, bos_id, eos_id, pad_id, opts, gen, progress)
+        elif isinstance(model, DecLLM) and compile:
+            tokens = _static_decllm(model, prompts, bos_id, eos_id, pad_id, opts, gen, add_bos, progress)
+        elif isinstance(model, RedLLM):
             tokens = _generate_redllm(model, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, progress)
         elif isinstance(model, DecLLM):
             tokens = _generate_decllm(model, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos,
@@ -180,22 +195,30 @@ def _step_done(next_tok: torch.Tensor, done: torch.Tensor, eos_id: Optional[int]
     return next_tok, done
 
 
-def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos,
-                     progress) -> torch.Tensor:
+def _left_padded(model: DecLLM, prompts, bos_id, pad_id, add_bos):
+    """(ids, mask, prefix_lengths or None) of a DecLLM prompt batch, left-padded, on the model's device."""
     device = model.embed.weight.device
     rows = [([bos_id] if add_bos else []) + list(p) for p in prompts]
     b, p_len = len(rows), max(len(r) for r in rows)
-    ids = torch.full((b, p_len), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((b, p_len), dtype=torch.bool, device=device)
-    for i, r in enumerate(rows):  # left padding
-        ids[i, p_len - len(r):] = torch.tensor(r, dtype=torch.long, device=device)
+    ids = torch.full((b, p_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, p_len), dtype=torch.bool)
+    for i, r in enumerate(rows):  # left padding, built on the host: one transfer
+        ids[i, p_len - len(r):] = torch.tensor(r, dtype=torch.long)
         mask[i, p_len - len(r):] = True
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    out = []
-    cache = model.init_cache(b, p_len + opts.max_new_tokens) if use_cache else None
     prefix = None
     if model.config.bidirectional_prefix:  # counted from each row's first real token
         prefix = torch.tensor([len(r) for r in rows], dtype=torch.long, device=device)
+    return ids.to(device), mask.to(device), prefix
+
+
+def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos,
+                     progress) -> torch.Tensor:
+    device = model.embed.weight.device
+    ids, mask, prefix = _left_padded(model, prompts, bos_id, pad_id, add_bos)
+    b, p_len = ids.shape
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    out = []
+    cache = model.init_cache(b, p_len + opts.max_new_tokens) if use_cache else None
     logits = model(ids, attention_mask=mask, prefix_lengths=prefix, cache=cache, return_logits=True).logits[:, -1]
     for step in range(opts.max_new_tokens):
         nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
@@ -217,9 +240,10 @@ def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
                      progress) -> torch.Tensor:
     device = model.embed.weight.device
     b, s = len(prompts), max(len(p) for p in prompts)
-    enc_ids = torch.full((b, s), pad_id, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):  # right padding
-        enc_ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long, device=device)
+    enc_ids = torch.full((b, s), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):  # right padding, built on the host: one transfer
+        enc_ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
+    enc_ids = enc_ids.to(device)
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
     enc = model.encode(enc_ids, lengths)
     dec = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
@@ -243,9 +267,118 @@ def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     return torch.stack(out, dim=1)
 
 
+# ---------------------------------------------------------------------- static cache, compiled step
+
+#: the compiled static path reads "has every row finished?" on the host once per this many steps
+DONE_CHECK_EVERY = 8
+
+_COMPILED: dict[tuple[str, str], Callable] = {}
+
+
+def _decllm_step(model: DecLLM, ids, positions, key_mask, cache, index):
+    return model(ids, positions=positions, attention_mask=key_mask, cache=cache, cache_index=index,
+                 return_logits=True).logits[:, -1]
+
+
+def _redllm_step(model: RedLLM, ids, enc, cache, index):
+    return model(None, ids, encoder_outputs=enc, cache=cache, cache_index=index, return_logits=True).logits[:, -1]
+
+
+def compiled_step(family: str, device: torch.device) -> Callable:
+    """The compiled one-token step of a family: ``mode="reduce-overhead"`` (CUDA graphs) on CUDA,
+    default inductor elsewhere; ``fullgraph=True`` (a graph break would be an error, not a silent
+    slowdown) and static shapes. Compiled once per process; guards recompile for another model,
+    batch size or cache length."""
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    key = (family, mode)
+    if key not in _COMPILED:
+        fn = _decllm_step if family == "decllm" else _redllm_step
+        _COMPILED[key] = torch.compile(fn, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED[key]
+
+
+def _mark_static(*tensors: Optional[torch.Tensor]) -> None:
+    # the cache is written in place inside the step: a CUDA graph must see the same addresses
+    for t in tensors:
+        if t is not None:
+            torch._dynamo.mark_static_address(t)
+
+
+def _static_loop(first_logits, step, opts, gen, eos_id, pad_id, progress, advance) -> torch.Tensor:
+    """Sample, stop when every row is done (checked every DONE_CHECK_EVERY steps), call ``step``."""
+    b = first_logits.shape[0]
+    done = torch.zeros(b, dtype=torch.bool, device=first_logits.device)
+    logits, out = first_logits, []
+    for i in range(opts.max_new_tokens):
+        nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
+        out.append(nxt)
+        if progress is not None:
+            progress(i + 1)
+        if i == opts.max_new_tokens - 1:
+            break
+        if eos_id is not None and (i + 1) % DONE_CHECK_EVERY == 0 and bool(done.all()):
+            break
+        torch.compiler.cudagraph_mark_step_begin()
+        logits = step(nxt.unsqueeze(1)).clone()  # clone: a CUDA-graph output is overwritten by the next replay
+        advance()
+    return torch.stack(out, dim=1)
+
+
+def _static_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, gen, add_bos, progress) -> torch.Tensor:
+    device = model.embed.weight.device
+    ids, mask, prefix = _left_padded(model, prompts, bos_id, pad_id, add_bos)
+    b, p_len = ids.shape
+    max_len = p_len + opts.max_new_tokens
+    cache = model.init_cache(b, max_len)
+    for c in cache:
+        _mark_static(c.k, c.v)
+    # the prompt: the ordinary cached forward (its own shapes), filling slots [0, p_len)
+    logits = model(ids, attention_mask=mask, prefix_lengths=prefix, cache=cache, return_logits=True).logits[:, -1]
+    key_mask = torch.zeros((b, max_len), dtype=torch.bool, device=device)
+    key_mask[:, :p_len] = mask
+    positions = mask.sum(dim=1, keepdim=True)  # (B, 1): the next real token's RoPE position
+    index = torch.full((1,), p_len, dtype=torch.long, device=device)  # its cache slot
+    model.rope_tables(positions, max_position=max_len - 1)  # build the tables before tracing
+    fn = compiled_step("decllm", device)
+
+    def step(tok):
+        key_mask.index_fill_(1, index, True)
+        return fn(model, tok, positions, key_mask, cache, index)
+
+    def advance():
+        positions.add_(1)
+        index.add_(1)
+
+    return _static_loop(logits, step, opts, gen, eos_id, pad_id, progress, advance)
+
+
+def _static_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, gen, progress) -> torch.Tensor:
+    device = model.embed.weight.device
+    b, s = len(prompts), max(len(p) for p in prompts)
+    enc_ids = torch.full((b, s), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):  # right padding
+        enc_ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+    enc = model.encode(enc_ids.to(device), lengths)
+    cache = model.init_cache(b, opts.max_new_tokens)
+    for c in cache.self_attn:
+        _mark_static(c.k, c.v)
+    dec = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
+    # bos: the ordinary cached forward fills slot 0 and the cross-attention K/V (computed once)
+    logits = model(None, dec, encoder_outputs=enc, cache=cache, return_logits=True).logits[:, -1]
+    for c in cache.cross_attn:
+        _mark_static(c.k, c.v)
+    _mark_static(enc.hidden)
+    index = torch.ones(1, dtype=torch.long, device=device)  # decoder offset = cache slot of the next token
+    model.rope_tables(lengths.view(b, 1), max_position=s + opts.max_new_tokens - 1)  # build before tracing
+    fn = compiled_step("redllm", device)
+    return _static_loop(logits, lambda tok: fn(model, tok, enc, cache, index), opts, gen, eos_id, pad_id,
+                        progress, lambda: index.add_(1))
+
+
 def generate_text(model: LanguageModel, tokenizer, prompts: Sequence[str], *,
                   options: Optional[SamplingOptions] = None, use_cache: bool = True,
-                  progress: Optional[Callable[[int], None]] = None) -> list[str]:
+                  progress: Optional[Callable[[int], None]] = None, compile: bool = False) -> list[str]:
     """String in, string out, with a ``lightning_redllm.tokenizer.Tokenizer`` (see :func:`generate`)."""
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -254,5 +387,5 @@ def generate_text(model: LanguageModel, tokenizer, prompts: Sequence[str], *,
         if not row:
             raise ValueError(f"prompt {i} ({text!r}) is empty after tokenization")
     out = generate(model, ids, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                   options=options, use_cache=use_cache, progress=progress)
+                   options=options, use_cache=use_cache, progress=progress, compile=compile)
     return [tokenizer.decode(o) for o in out]

@@ -43,7 +43,8 @@ class LanguageModel(nn.Module):
     at the top does not grow with its depth (the GPT-2 / OLMo rule, with writes counted per stream).
     """
 
-    #: Check token ids against the vocabulary on every forward (costs one device sync).
+    #: Check input values (token ids against the vocabulary, encoder lengths) on every forward;
+    #: on an accelerator each check costs a device sync (see :meth:`inputs_checked`).
     validate_inputs: bool = True
 
     def __init__(self, config: ModelConfig) -> None:
@@ -98,14 +99,39 @@ class LanguageModel(nn.Module):
         return [KVCache(batch, cfg.n_kv_heads, cfg.head_dim, max_len, dtype, device) for _ in range(n_layers)]
 
     # ------------------------------------------------------------------ checks
-    def _check_ids(self, name: str, ids: torch.Tensor) -> None:
+    def _check_values(self) -> bool:
+        """Whether forward reads input *values* (token-id ranges, encoder lengths) on the host.
+
+        Shape and dtype checks are free and always run. Value checks cost a device sync when the
+        inputs live on an accelerator, so they are skipped inside a compiled region and inside
+        :meth:`inputs_checked` -- the training module checks each batch on the CPU before it is
+        moved to the device (``LanguageModelModule.on_before_batch_transfer``) and runs the step there.
+        """
+        return self.validate_inputs and not torch.compiler.is_compiling()
+
+    @contextlib.contextmanager
+    def inputs_checked(self, checked: bool = True):
+        """Within this context forward skips its value checks (the caller has run
+        :meth:`check_inputs` on the same inputs where that was free, e.g. on the CPU batch)."""
+        before = self.__dict__.get("validate_inputs")
+        if checked:
+            self.validate_inputs = False
+        try:
+            yield self
+        finally:
+            if before is None:
+                self.__dict__.pop("validate_inputs", None)
+            else:
+                self.validate_inputs = before
+
+    def _check_ids(self, name: str, ids: torch.Tensor, values: Optional[bool] = None) -> None:
         if not isinstance(ids, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
         if ids.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
         if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
             raise ValueError(f"{name} must have shape (batch, length) with both > 0, got {tuple(ids.shape)}")
-        if self.validate_inputs and not torch.compiler.is_compiling():
+        if self._check_values() if values is None else values:
             lo, hi = (int(v) for v in torch.aminmax(ids))
             if lo < 0 or hi >= self.config.vocab_size:
                 bad = lo if lo < 0 else hi
@@ -113,17 +139,44 @@ class LanguageModel(nn.Module):
                     f"{name} contains token id {bad} outside the model vocabulary [0, {self.config.vocab_size})"
                 )
 
-    def _check_labels(self, labels: torch.Tensor, like: torch.Tensor) -> None:
+    def _check_labels(self, labels: torch.Tensor, like: torch.Tensor, values: Optional[bool] = None) -> None:
         if labels.shape != like.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} must equal the input shape {tuple(like.shape)}")
         if labels.dtype != torch.long:
             raise ValueError(f"labels must be torch.long, got {labels.dtype}")
-        if self.validate_inputs and not torch.compiler.is_compiling():
+        if self._check_values() if values is None else values:
             bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.config.vocab_size))]
             if bad.numel():
                 raise ValueError(
                     f"labels contain id {int(bad[0])} outside [0, {self.config.vocab_size}) (use {IGNORE_INDEX} to ignore)"
                 )
+
+    def check_inputs(self, *args, **kwargs) -> None:
+        """Every check ``forward`` makes on these arguments, value checks included (free on CPU
+        tensors). Raises ``ValueError`` naming the bad value."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ compile
+    def block_lists(self) -> list[nn.ModuleList]:
+        """The ModuleLists holding the transformer blocks (each entry a ``Block`` or a wrapper of one)."""
+        raise NotImplementedError
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """``torch.compile`` every block in place (``nn.Module.compile``: parameter names and
+        ``state_dict`` keys are unchanged) and the fused output-projection + cross-entropy.
+
+        Each entry of :meth:`block_lists` is compiled as it stands, so a block already wrapped for
+        activation checkpointing is compiled together with its recompute. The embedding, the final
+        norms and the mask/RoPE setup stay eager (cheap, shape-dependent host logic).
+        """
+        for blocks in self.block_lists():
+            for block in blocks:
+                block.compile(**compile_kwargs)
+        self.__dict__["_compiled_loss"] = torch.compile(linear_cross_entropy, **compile_kwargs)
+
+    @property
+    def is_compiled(self) -> bool:
+        return "_compiled_loss" in self.__dict__
 
     # ------------------------------------------------------------------ head / loss
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -136,8 +189,8 @@ class LanguageModel(nn.Module):
             return_logits = labels is None
         out = ModelOutput()
         if labels is not None:
-            res = linear_cross_entropy(hidden, self.embed.weight, labels, z_loss=z_loss,
-                                       chunk=self.config.loss_chunk_tokens)
+            loss_fn = self.__dict__.get("_compiled_loss", linear_cross_entropy)
+            res = loss_fn(hidden, self.embed.weight, labels, z_loss=z_loss, chunk=self.config.loss_chunk_tokens)
             out.loss, out.nll, out.z, out.correct, out.num_tokens = res.loss, res.nll, res.z, res.correct, res.num_tokens
         if return_logits:
             out.logits = self.lm_logits(hidden)

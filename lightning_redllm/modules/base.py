@@ -9,7 +9,15 @@ A subclass supplies two things:
 
 Everything else — building the model in ``configure_model`` (so DeepSpeed ZeRO-3 / FSDP can shard
 at init), ``init_from`` weights, optimizers and schedules, metrics, throughput/MFU, the non-finite
-loss policy — lives here once.
+loss policy, ``torch.compile`` — lives here once.
+
+Host-device syncs. A training step reads no device value on the host except one flag per
+optimizer step: the objective runs on the CPU batch before it is moved to the device
+(:meth:`on_before_batch_transfer`), where the model inputs are checked for free (token ids in the
+vocabulary, labels, encoder lengths) -- they travel with the batch under ``CHECKED_INPUTS`` and the
+model skips its own (syncing) value checks on them; on an accelerator the loss finiteness is not read
+in ``training_step`` but folded into the gradient-finiteness flag that
+:meth:`on_before_optimizer_step` reads once (see ``defer_nonfinite_check``).
 """
 from __future__ import annotations
 
@@ -32,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: methods each family must provide (checked when a module is constructed)
 ABSTRACT_HOOKS = ("objective", "forward_batch", "batch_flops")
+
+#: batch key of the model inputs that :meth:`LanguageModelModule.objective` made on the CPU batch and
+#: :meth:`LanguageModelModule.check_inputs` checked there (the data keys stay, for callbacks)
+CHECKED_INPUTS = "_checked_model_inputs"
 
 
 class LanguageModelModule(L.LightningModule):
@@ -59,6 +71,10 @@ class LanguageModelModule(L.LightningModule):
             ``nonfinite-step<N>.ckpt`` in the run folder and raises ``NonFiniteLossError``.
         activation_checkpointing: recompute each block's activations in backward (less memory,
             ~1/3 more compute).
+        compile: ``torch.compile`` each transformer block and the fused output-projection +
+            cross-entropy (``LanguageModel.compile_blocks``; parameter names unchanged, so
+            checkpoints are interchangeable with eager runs). The first steps pay the compilation.
+            Combines with activation checkpointing and FSDP2; not with DeepSpeed ZeRO-3.
         loss_normalization: how the per-token losses of one optimizer step are averaged.
             ``step_tokens`` (default, T5X's): sum of every token loss of the step / all counted
             tokens of the step, across gradient accumulation and data-parallel ranks, so every
@@ -74,6 +90,14 @@ class LanguageModelModule(L.LightningModule):
 
     family: str = ""
 
+    #: Where the non-finite *loss* check runs. ``False``: read in ``training_step`` (a non-finite
+    #: micro-batch skips its backward). ``True``: kept on the device and read together with the
+    #: gradient check, once per optimizer step (a non-finite micro-batch then skips the whole
+    #: optimizer step, since its gradients are non-finite too). ``None`` (default): ``True`` on an
+    #: accelerator, where each read is a sync, except under DeepSpeed (its gradients are not in
+    #: ``p.grad`` for the combined check); ``False`` on the CPU, where reading costs nothing.
+    defer_nonfinite_check: Optional[bool] = None
+
     def __init__(self, preset: str = "redllm-tiny", overrides: Optional[dict[str, Any]] = None,
                  tokenizer: str = "bundled-bpe-4k", init_from: Optional[str] = None, z_loss: float = 1e-4,
                  optimizer: Literal["adamw", "adafactor", "torch_adafactor"] = "adamw", lr: float = 3e-4,
@@ -82,7 +106,8 @@ class LanguageModelModule(L.LightningModule):
                  decay_steps: Optional[int] = None, min_lr_ratio: float = 0.1,
                  nan_policy: Literal["skip", "stop"] = "skip", max_bad_steps: int = 10,
                  activation_checkpointing: bool = False,
-                 loss_normalization: Literal["step_tokens", "micro_batch"] = "step_tokens") -> None:
+                 loss_normalization: Literal["step_tokens", "micro_batch"] = "step_tokens",
+                 compile: bool = False) -> None:
         super().__init__()
         missing = [h for h in ABSTRACT_HOOKS if getattr(type(self), h) is getattr(LanguageModelModule, h)]
         if missing:
@@ -106,7 +131,7 @@ class LanguageModelModule(L.LightningModule):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
         self.model: Optional[LanguageModel] = None
-        self.train_acc = MeanMetric()
+        self.train_acc = MeanMetric(nan_strategy="disable")  # its NaN check would read the device each step
         self.val_nll = MeanMetric()
         self.val_acc = MeanMetric()
         self.tokens_seen = 0
@@ -115,6 +140,7 @@ class LanguageModelModule(L.LightningModule):
         self._step_bad = False  # this batch hit a non-finite loss or gradient
         self.flops_per_batch: Optional[int] = None
         self._step_tokens: Optional[torch.Tensor] = None  # counted tokens of this optimizer step (this rank)
+        self._loss_finite: Optional[torch.Tensor] = None  # deferred loss check of this optimizer step
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
@@ -144,8 +170,13 @@ class LanguageModelModule(L.LightningModule):
         mesh = getattr(self, "_device_mesh", None)
         if mesh is not None:  # Lightning ModelParallelStrategy: FSDP2 over the data-parallel dim
             self.model = self._build_sharded(mesh)
+            self._maybe_compile()
             return
         if self._zero3():
+            if self.hparams.get("compile"):
+                raise ValueError("compile=True is not supported under DeepSpeed ZeRO-3 (its per-module parameter "
+                                 "gathering hooks run inside every block); use FSDP2 (recipes/strategy/fsdp.yaml) "
+                                 "or leave compile off")
             self.model = self._build_zero3()
             return
         self.model = build_model(self.config)
@@ -156,6 +187,13 @@ class LanguageModelModule(L.LightningModule):
             from ..parallel import apply_activation_checkpointing
 
             apply_activation_checkpointing(self.model)
+        self._maybe_compile()
+
+    def _maybe_compile(self) -> None:
+        """``compile=True``: compile each block (after activation checkpointing / FSDP2 wrapping,
+        so the recompute and the parameter gathering stay around the compiled code)."""
+        if self.hparams.get("compile") and not self.model.is_compiled:
+            self.model.compile_blocks()
 
     def _build_sharded(self, mesh) -> LanguageModel:
         """Build on the meta device, shard, then allocate and initialize only this rank's shards."""
@@ -230,6 +268,12 @@ class LanguageModelModule(L.LightningModule):
         """Run the model on the output of :meth:`objective`, returning loss terms. Abstract."""
         raise NotImplementedError(f"{type(self).__name__}.forward_batch")
 
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> bool:
+        """Check the model inputs :meth:`objective` made (on the CPU batch, where reading values is
+        free) the way the model's forward would; return True when checked. The base class checks
+        nothing (returns False), so the model keeps its own checks."""
+        return False
+
     def input_tokens(self, inputs: dict[str, torch.Tensor]) -> int:
         """Tokens the model processes for this batch (throughput accounting)."""
         return sum(int(v.numel()) for k, v in inputs.items() if k.endswith("input_ids"))
@@ -242,9 +286,31 @@ class LanguageModelModule(L.LightningModule):
     def forward(self, **inputs: torch.Tensor) -> ModelOutput:
         return self.forward_batch(inputs)
 
-    def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], ModelOutput]:
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Run :meth:`objective` on the CPU batch and check its output there (no device sync); the
+        result rides along under ``CHECKED_INPUTS``. A batch that is not a dict of CPU tensors is
+        left for the step to handle the ordinary way."""
+        if (self.model is None or not isinstance(batch, dict) or CHECKED_INPUTS in batch
+                or not all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in batch.values())):
+            return batch
         inputs = self.objective(batch)
-        return inputs, self.forward_batch(inputs)
+        return {**batch, CHECKED_INPUTS: inputs} if self.check_inputs(inputs) else batch
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+        """(model inputs, checked on the CPU already) for a batch as the step receives it."""
+        if CHECKED_INPUTS in batch:
+            return dict(batch[CHECKED_INPUTS]), True
+        return self.objective(batch), False
+
+    def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], ModelOutput]:
+        inputs, checked = self.model_inputs(batch)
+        with self.model.inputs_checked(checked):
+            return inputs, self.forward_batch(inputs)
+
+    def _defer_nonfinite(self) -> bool:
+        if self.defer_nonfinite_check is not None:
+            return self.defer_nonfinite_check
+        return self.device.type != "cpu" and not type(self.trainer.strategy).__name__.endswith("DeepSpeedStrategy")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
         self._step_bad = False
@@ -252,8 +318,13 @@ class LanguageModelModule(L.LightningModule):
         self.flops_per_batch = self.batch_flops(inputs)
         n_tokens = self.input_tokens(inputs)
         self.tokens_seen += n_tokens * self.trainer.world_size
-        bad = not bool(torch.isfinite(out.loss))
-        bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if self._defer_nonfinite():  # read with the gradient check, once per optimizer step
+            finite = torch.isfinite(out.loss.detach())
+            self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+            bad = False
+        else:
+            bad = not bool(torch.isfinite(out.loss))
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
             # returning None makes Lightning skip backward and optimizer.step for this batch
             self._on_bad_step(f"non-finite loss ({float(out.loss.detach())})")
@@ -279,6 +350,7 @@ class LanguageModelModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._step_tokens = None
+        self._loss_finite = None
 
     def _step_token_normalization(self) -> bool:
         """``step_tokens`` needs the accumulated gradients in ``p.grad``; DeepSpeed keeps them in its
@@ -314,16 +386,23 @@ class LanguageModelModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.normalize_gradients()
+        loss_finite, self._loss_finite = self._loss_finite, None
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
+        if not grads and loss_finite is None:
             return
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        # one flag, one read per optimizer step: every gradient finite (and, deferred, every loss)
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else None
+        if loss_finite is not None:
+            finite = loss_finite if finite is None else finite & loss_finite.to(finite.device)
         bad = self.trainer.strategy.reduce_boolean_decision(not bool(finite), all=False)
         if bad:
             # a parameter without .grad is left untouched by AdamW/Adafactor: the step is skipped
             for p in self.parameters():
                 p.grad = None
-            self._on_bad_step("non-finite gradient")
+            what = "non-finite gradient"
+            if loss_finite is not None and not bool(loss_finite):  # the rare bad step may read more
+                what = "non-finite loss"
+            self._on_bad_step(what)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # the streak ends only after a batch whose loss AND gradients were finite (a NaN-gradient
@@ -396,8 +475,9 @@ class LanguageModelModule(L.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Per-example mean NLL of the targets (scoring) and the number of scored tokens.
         ``python -m lightning_redllm predict`` writes them to ``<default_root_dir>/predictions.jsonl``."""
-        inputs = self.objective(batch)
-        out = self.forward_batch({**inputs, "return_logits": True})
+        inputs, checked = self.model_inputs(batch)
+        with self.model.inputs_checked(checked):
+            out = self.forward_batch({**inputs, "return_logits": True})
         labels = inputs["labels"]
         logp = torch.log_softmax(out.logits.float(), dim=-1)
         mask = labels != -100
@@ -452,7 +532,7 @@ class LanguageModelModule(L.LightningModule):
     #: hyperparameters a resumed run may change: any other difference is refused
     RESUMABLE_CHANGES = ("lr", "weight_decay", "betas", "schedule", "warmup_steps", "decay_steps", "min_lr_ratio",
                          "z_loss", "nan_policy", "max_bad_steps", "activation_checkpointing", "loss_normalization",
-                         "init_from", "overrides", "prefix_len", "pad_to_multiple")
+                         "compile", "init_from", "overrides", "prefix_len", "pad_to_multiple")
 
     def _resume_hparams(self, checkpoint: dict[str, Any], path: str) -> None:
         """Resuming (``fit --ckpt_path``) continues the run in the checkpoint. Its model, optimizer
@@ -509,4 +589,4 @@ def _fsdp_mesh(mesh):
     return mesh
 
 
-__all__ = ["LanguageModelModule", "NonFiniteLossError"]
+__all__ = ["LanguageModelModule", "CHECKED_INPUTS", "NonFiniteLossError"]

@@ -46,6 +46,10 @@ class DecLLMModule(LanguageModelModule):
                                      pad_to_multiple=self.pad_to_multiple,
                                      bidirectional_prefix=self.bidirectional_prefix)
 
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> bool:
+        self.model.check_inputs(inputs["input_ids"], inputs.get("labels"), prefix_lengths=inputs.get("prefix_lengths"))
+        return True
+
     def forward_batch(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
         return self.model(inputs["input_ids"], inputs.get("labels"), prefix_lengths=inputs.get("prefix_lengths"),
                           z_loss=self.hparams.z_loss, return_logits=inputs.get("return_logits"))

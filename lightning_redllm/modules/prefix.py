@@ -41,6 +41,11 @@ class RedLLMModule(LanguageModelModule):
         return instruct_encoder_decoder(batch["inputs"], batch["input_lengths"], batch["targets"],
                                         batch["target_lengths"], tok.bos_id, tok.pad_id)
 
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> bool:
+        self.model.check_inputs(inputs["encoder_input_ids"], inputs["decoder_input_ids"], inputs.get("labels"),
+                                encoder_lengths=inputs.get("encoder_lengths"))
+        return True
+
     def forward_batch(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
         return self.model(inputs["encoder_input_ids"], inputs["decoder_input_ids"], inputs.get("labels"),
                           encoder_lengths=inputs.get("encoder_lengths"), z_loss=self.hparams.z_loss,

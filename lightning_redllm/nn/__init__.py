@@ -2,7 +2,8 @@
 from .attention import Attention, AttentionInputs, CrossKVCache, KVCache
 from .block import Block
 from .loss import IGNORE_INDEX, LossOutput, linear_cross_entropy, reference_cross_entropy
-from .masks import and_masks, bidirectional, build_mask, causal, diagonal, key_valid, or_masks, padding, prefix
+from .masks import (and_masks, bidirectional, build_mask, causal, diagonal, key_valid, or_masks, padding, prefix,
+                    slots_upto)
 from .mlp import SwiGLU
 from .norm import RMSNorm, rms_norm
 from .rope import RotaryEmbedding, apply_rope
@@ -11,5 +12,5 @@ __all__ = [
     "Attention", "AttentionInputs", "KVCache", "CrossKVCache", "Block", "SwiGLU", "RMSNorm", "rms_norm",
     "RotaryEmbedding", "apply_rope", "IGNORE_INDEX", "LossOutput", "linear_cross_entropy",
     "reference_cross_entropy", "causal", "bidirectional", "diagonal", "padding", "key_valid", "prefix",
-    "and_masks", "or_masks", "build_mask",
+    "and_masks", "or_masks", "build_mask", "slots_upto",
 ]

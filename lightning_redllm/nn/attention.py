@@ -30,7 +30,9 @@ class AttentionInputs:
 
     ``cos``/``sin`` rotate the queries; ``kv_cos``/``kv_sin`` the keys (equal to the query tables
     for self-attention; encoder positions for cross-attention). ``mask`` is (B, 1, T, S) bool or
-    None; ``is_causal`` is only honoured when ``mask`` is None.
+    None; ``is_causal`` is only honoured when ``mask`` is None. ``cache_index`` (T,) long, on the
+    device: static-cache decoding writes this call's keys/values at these slots of a
+    :class:`KVCache` (see :meth:`KVCache.write`) instead of appending them.
     """
 
     cos: torch.Tensor
@@ -39,10 +41,20 @@ class AttentionInputs:
     kv_sin: Optional[torch.Tensor] = None
     mask: Optional[torch.Tensor] = None
     is_causal: bool = False
+    cache_index: Optional[torch.Tensor] = None
 
 
 class KVCache:
-    """Preallocated self-attention cache of one layer: (B, G, max_len, D) keys and values."""
+    """Preallocated self-attention cache of one layer: (B, G, max_len, D) keys and values.
+
+    Two ways to fill it:
+
+    * :meth:`append` (dynamic): the host counts the filled slots (``length``) and attention reads
+      only those; shapes grow by one each decoding step.
+    * :meth:`write` (static): the slots to write are a device tensor and attention reads all
+      ``max_len`` slots under a key-validity mask, so every decoding step has the same shapes and
+      the same compiled graph (or CUDA graph) serves all of them. ``length`` is not advanced.
+    """
 
     def __init__(self, batch: int, n_kv_heads: int, head_dim: int, max_len: int,
                  dtype: torch.dtype, device: torch.device) -> None:
@@ -63,6 +75,13 @@ class KVCache:
         self.v[:, :, self.length:end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, G, T, D) at slots ``index`` (T,) long; return the whole (B, G, max_len, D)
+        buffers (the caller masks the slots that are not filled yet). No host sync, fixed shapes."""
+        self.k.index_copy_(2, index, k.to(self.k.dtype))
+        self.v.index_copy_(2, index, v.to(self.v.dtype))
+        return self.k, self.v
 
 
 class CrossKVCache:
@@ -134,7 +153,9 @@ class Attention(nn.Module):
                     cache.k, cache.v = k, v
         else:
             k, v = self._project_kv(x, inputs)
-            if isinstance(cache, KVCache):
+            if isinstance(cache, KVCache) and inputs.cache_index is not None:
+                k, v = cache.write(k, v, inputs.cache_index)  # (B, G, max_len, D), masked by the caller
+            elif isinstance(cache, KVCache):
                 k, v = cache.append(k, v)  # (B, G, S, D) with S = cached + T
 
         out = F.scaled_dot_product_attention(

@@ -67,11 +67,12 @@ def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
         z_sum = z_sum + (lse.square() * vf).sum()
         correct = correct + ((logits.argmax(dim=-1) == y) & valid).sum()
         if need_grad:
-            # d/dlogits [lse - z_y + a*lse^2] = softmax * (1 + 2a*lse) - onehot(y)
-            probs = torch.exp(logits - lse.unsqueeze(1))     # (n, V), in place of the logits
-            probs.mul_((1.0 + 2.0 * z_loss * lse).unsqueeze(1))
-            probs.scatter_add_(1, y_safe.unsqueeze(1), -torch.ones_like(lse).unsqueeze(1))
-            probs.mul_((vf / denom).unsqueeze(1))
+            # d/dlogits [lse - z_y + a*lse^2] = (softmax * (1 + 2a*lse) - onehot(y)) * valid / denom,
+            # formed in place of the logits (no longer needed): two passes over (n, V) after the exp
+            probs = logits.sub_(lse.unsqueeze(1)).exp_()     # (n, V)
+            row = vf / denom                                 # (n,)
+            probs.mul_(((1.0 + 2.0 * z_loss * lse) * row).unsqueeze(1))
+            probs.scatter_add_(1, y_safe.unsqueeze(1), -row.unsqueeze(1))
             g = probs.to(hidden.dtype)
             grad_h[start:start + chunk] = g @ weight
             grad_w.add_(g.t() @ h)

@@ -11,6 +11,7 @@ compose with :func:`and_masks` / :func:`or_masks`; :func:`build_mask` materializ
     prefix(prefix_lengths)      keys inside the prefix are visible to every query
     prefix LM = or_masks(causal, prefix(p))     ("DecLLM + BiAttn" in the study)
     cross = padding(encoder_lengths)           decoder queries -> unpadded encoder keys
+    slots_upto(cache_index)     static KV cache: query i sees the cache slots <= cache_index[i]
 
 Query indices may be offset (``q_offset``) so the same functions serve a KV-cached decode step.
 """
@@ -58,6 +59,16 @@ def prefix(prefix_lengths: torch.Tensor) -> MaskFn:
 
     def fn(b, q, k):
         return k < prefix_lengths[b]
+
+    return fn
+
+
+def slots_upto(cache_index: torch.Tensor) -> MaskFn:
+    """Static-cache decoding: query i (written at slot ``cache_index[i]``) sees slots <= that one.
+    cache_index: (Tq,) long, on the device (no host value needed)."""
+
+    def fn(b, q, k):
+        return k <= cache_index[q]
 
     return fn
 

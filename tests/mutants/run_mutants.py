@@ -71,7 +71,7 @@ MUTATIONS: list[Mutation] = [
          "cross_inputs = AttentionInputs(*self.rope_tables(torch.arange(past, past + t, device=device)"
          ".expand(b, t), max_position=past + t - 1), kv_cos=enc_cos,")]),
     Mutation("8", "decoder positions start at 0 instead of k", "models/redllm.py", [
-        ("dec_pos = k.view(b, 1) + torch.arange(", "dec_pos = 0 * k.view(b, 1) + torch.arange(")]),
+        ("dec_pos = k.view(b, 1) + offsets.view(1, t)", "dec_pos = 0 * k.view(b, 1) + offsets.view(1, t)")]),
     Mutation("9", "k = padded encoder length for every example", "models/redllm.py", [
         ("k = lengths if lengths is not None else torch.full((b,), s, device=device, dtype=torch.long)",
          "k = torch.full((b,), s, device=device, dtype=torch.long)")]),
@@ -90,7 +90,7 @@ MUTATIONS: list[Mutation] = [
          "        self.embed = nn.Embedding(config.vocab_size, config.d_model)\n"
          "        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)\n"),
         ("return hidden @ self.embed.weight.t()", "return hidden @ self.lm_head.weight.t()"),
-        ("res = linear_cross_entropy(hidden, self.embed.weight,", "res = linear_cross_entropy(hidden, self.lm_head.weight,")]),
+        ("res = loss_fn(hidden, self.embed.weight,", "res = loss_fn(hidden, self.lm_head.weight,")]),
     Mutation("11", "encoder padding mask dropped", "models/redllm.py", [
         ("mask = build_mask(padding(encoder_lengths), b, s, s, device)", "mask = None")]),
     Mutation("12", "cross-attention padding mask dropped", "models/redllm.py", [
