@@ -194,5 +194,16 @@ COMMANDS = {
     "evaluate": (evaluate_main, "held-out perplexity per source and length (extrapolation)"),
     "recipes": (recipes_main, "list the packaged recipes (usable by name with --config)"),
     "plan": (plan_main, "per-GPU memory plan: states, activations, largest micro-batch that fits"),
+    # imported only when run (their modules pull in numpy / plotting code the other subcommands never need)
+    "extrapolate": (lambda argv: __import__("lightning_redllm.eval.extrapolation", fromlist=["_"]).extrapolate_main(argv),
+                    "perplexity vs context length past the training length, several prefix lengths (JSON + PNG)"),
+    "efficiency": (lambda argv: __import__("lightning_redllm.eval.efficiency", fromlist=["_"]).efficiency_main(argv),
+                   "inference cost per preset/family: prefill, decode latency, tokens/s, KV cache, FLOPs"),
+    "scaling": (lambda argv: __import__("lightning_redllm.eval.scaling", fromlist=["_"]).scaling_main(argv),
+                "fit loss = a * C^-b vs training FLOPs and parameters from finished runs (JSON + PNG)"),
+    "report": (lambda argv: __import__("lightning_redllm.report", fromlist=["_"]).report_main(argv),
+               "gather the runs, evaluations and plots under a folder into one markdown page"),
+    "study": (lambda argv: __import__("lightning_redllm.study", fromlist=["_"]).study_main(argv),
+              "run a RedLLM-vs-DecLLM study end to end (e.g. --config recipes/study/cpu-mini.yaml); resumable"),
 }
 

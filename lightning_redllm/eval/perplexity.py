@@ -107,3 +107,59 @@ def format_table(results: dict) -> str:
             lines.append(f"{length} | {source} | {r['sequences']} | {r['tokens']} | {r['loss']:.4f} | "
                          f"{r['ppl']:.2f} | {r['acc']:.4f}")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def score_continuations(model: LanguageModel, tokens: torch.Tensor, prefix_len: int, bos_id: int,
+                        batch_size: int = 8) -> tuple[float, int, int]:
+    """(summed nll, predicted tokens, correct argmax) of ``tokens[:, prefix_len:]`` given the first
+    ``prefix_len`` tokens, scored the same way for every family so their numbers compare token for token.
+
+    RedLLM: the prefix goes to the encoder and the rest is decoded (the pretraining split, at any
+    ``prefix_len``). DecLLM: the whole sequence runs causally and only the positions after the prefix
+    are scored (``labels`` ignored on the prefix); a DecLLM tuned with ``bidirectional_prefix`` attends
+    the prefix bidirectionally, as it was tuned. Both predict exactly ``N * (L - prefix_len)`` tokens
+    of ``tokens`` (N, L) from the same information (bos + the prefix).
+    """
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be (sequences, length), got shape {tuple(tokens.shape)}")
+    length = tokens.shape[1]
+    if not 0 < prefix_len < length:
+        raise ValueError(f"prefix_len must be in [1, {length - 1}] for sequences of {length} tokens, got {prefix_len}")
+    device = model.embed.weight.device
+    nll_sum, count, correct = 0.0, 0, 0
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk = tokens[start:start + batch_size].to(device)  # (B, L)
+        if isinstance(model, RedLLM):
+            b = prefix_lm(chunk, prefix_len, bos_id)
+            out = model(b["encoder_input_ids"], b["decoder_input_ids"], b["labels"])
+        elif isinstance(model, DecLLM) and model.config.bidirectional_prefix:
+            b = prefix_causal_lm(chunk, prefix_len, bos_id)
+            out = model(b["input_ids"], b["labels"], prefix_lengths=b["prefix_lengths"])
+        elif isinstance(model, DecLLM):
+            b = causal_lm(chunk, bos_id)
+            labels = b["labels"].clone()
+            labels[:, :prefix_len] = -100  # seen as context, not scored (objectives.IGNORE_INDEX)
+            out = model(b["input_ids"], labels)
+        else:
+            raise ValueError(f"unsupported model {type(model).__name__}")
+        n = int(out.num_tokens)
+        nll_sum += float(out.nll) * n
+        count += n
+        correct += int(out.correct)
+    return nll_sum, count, correct
+
+
+def documents_by_source(shards, tokenizer_fingerprint: Optional[str] = None) -> dict[str, list[torch.Tensor]]:
+    """Token ids of every document in ``shards``, grouped by source (shard order within a source)."""
+    by_source: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for source, toks in iter_documents(shards, tokenizer_fingerprint):
+        by_source[source].append(toks)
+    if not by_source:
+        raise ValueError(f"no documents found in {shards!r}")
+    return dict(by_source)
+
+
+def pack_source(docs: Sequence[torch.Tensor], seq_len: int, max_sequences: Optional[int]) -> Optional[torch.Tensor]:
+    """A source's documents joined and cut into at most ``max_sequences`` rows of ``seq_len`` (None if none fit)."""
+    return _packed(docs, seq_len, max_sequences)

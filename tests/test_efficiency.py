@@ -1,0 +1,96 @@
+"""Inference efficiency: analytic FLOPs against torch's FLOP counter, KV-cache bytes against the
+caches the models allocate, the measured benchmark and its plots."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_redllm.config import ModelConfig
+from lightning_redllm.eval.efficiency import (benchmark_model, decode_step_flops, inference_flops, kv_cache_bytes,
+                                              prefill_flops, quality_points)
+from lightning_redllm.models import build_model
+from test_extrapolation import assert_valid_png
+
+
+def _counted(fn) -> int:
+    # the math SDPA backend is made of matmuls the counter sees (the fused CPU kernel is not counted)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops()
+
+
+def _cache_bytes(caches) -> int:
+    return sum(t.numel() * t.element_size() for c in caches for t in (c.k, c.v) if t is not None)
+
+
+@pytest.mark.parametrize("family", ["decllm", "redllm"])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_analytic_flops_and_kv_bytes_match_the_model(family, kv_heads):
+    cfg = ModelConfig.from_name(f"{family}-tiny", n_kv_heads=kv_heads)
+    model = build_model(cfg)
+    model.init_weights()
+    model.eval()
+    p, new = 20, 4
+    ids = torch.randint(4, cfg.vocab_size, (1, p))
+    if family == "decllm":
+        cache = model.init_cache(1, p + 1 + new)
+        inp = torch.cat([torch.full((1, 1), 2), ids], dim=1)
+        counted = _counted(lambda: model(inp, cache=cache, return_logits=True))
+        # the model's prefill computes logits at every prompt position; the analytic count needs the last only
+        assert counted == prefill_flops(cfg, p) + 2 * cfg.d_model * cfg.vocab_size * p
+        for step in range(1, new):
+            assert _counted(lambda: model(torch.tensor([[7]]), cache=cache, return_logits=True)) == \
+                decode_step_flops(cfg, p, step)
+        assert _cache_bytes(cache) == kv_cache_bytes(cfg, 1, p, new)
+    else:
+        cache = model.init_cache(1, new + 1)
+        enc = {}
+
+        def prefill():
+            enc["out"] = model.encode(ids)
+            model(None, torch.full((1, 1), 2), encoder_outputs=enc["out"], cache=cache, return_logits=True)
+
+        assert _counted(prefill) == prefill_flops(cfg, p)
+        for step in range(1, new):
+            assert _counted(lambda: model(None, torch.tensor([[7]]), encoder_outputs=enc["out"], cache=cache,
+                                          return_logits=True)) == decode_step_flops(cfg, p, step)
+        assert _cache_bytes(cache.self_attn) + _cache_bytes(cache.cross_attn) == kv_cache_bytes(cfg, 1, p, new)
+    assert kv_cache_bytes(cfg, 8, p, new) == 8 * kv_cache_bytes(cfg, 1, p, new)
+    assert kv_cache_bytes(cfg, 1, p, new, bytes_per_value=2) * 2 == kv_cache_bytes(cfg, 1, p, new)
+
+
+def test_redllm_decodes_cheaper_than_decllm_at_the_150m_presets():
+    """The study's efficiency argument, analytically: with the prompt in the encoder, a RedLLM decode
+    step runs 3 decoder layers instead of DecLLM's 8, and a long prompt costs it far less per token."""
+    red, dec = ModelConfig.from_name("redllm-150m"), ModelConfig.from_name("decllm-150m")
+    r, d = inference_flops(red, 1024, 256), inference_flops(dec, 1024, 256)
+    assert r["decode_flops_per_token"] < d["decode_flops_per_token"]
+    assert r["flops_per_example"] < d["flops_per_example"]
+    assert kv_cache_bytes(red, 1, 1024, 256) < kv_cache_bytes(dec, 1, 1024, 256)
+
+
+def test_benchmark_and_plots(tmp_path):
+    cfg = ModelConfig.from_name("redllm-tiny", d_model=64, n_heads=2, ffn_dim=128, n_encoder_layers=1, n_decoder_layers=1)
+    row = benchmark_model(cfg, batch_sizes=[1, 2], prompt_len=8, new_tokens=4, repeats=1, name="redllm-xs")
+    assert [b["batch_size"] for b in row["batches"]] == [1, 2]
+    for b in row["batches"]:
+        assert b["prefill_s"] > 0 and b["total_s"] > 0 and b["decode_ms_per_token"] >= 0
+        assert b["tokens_per_s"] == pytest.approx(b["batch_size"] * 4 / b["total_s"])
+        assert b["kv_cache_bytes"] == kv_cache_bytes(cfg, b["batch_size"], 8, 4)
+    assert row["prefill_flops"] == prefill_flops(cfg, 8)
+    dec_cfg = ModelConfig.from_name("decllm-tiny", d_model=64, n_heads=2, ffn_dim=128, n_layers=2)
+    res = {"device": "cpu", "dtype": "float32", "workload": {"prompt_len": 8, "new_tokens": 4},
+           "models": [row, benchmark_model(dec_cfg, batch_sizes=[1, 2], prompt_len=8, new_tokens=4, repeats=1)]}
+    from lightning_redllm.eval.plots import plot_efficiency, plot_quality_vs_flops
+
+    (png,) = plot_efficiency(res, tmp_path)
+    assert_valid_png(png)
+    pts = quality_points([{"label": "red", "config": cfg, "value": 30.0},
+                          {"label": "dec", "config": dec_cfg.to_dict(), "value": 25.0}], 64, 16)
+    assert pts[0]["inference_flops"] == inference_flops(cfg, 64, 16)["flops_per_example"]
+    (png,) = plot_quality_vs_flops(pts, tmp_path, ylabel="ppl", name="qf")
+    assert_valid_png(png)
+    with pytest.raises(ValueError, match="new_tokens"):
+        benchmark_model(cfg, new_tokens=1)
