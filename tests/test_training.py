@@ -200,3 +200,35 @@ def test_the_shared_base_module_refuses_to_be_used_directly():
     from lightning_redllm.modules import LanguageModelModule
     with pytest.raises(TypeError, match="objective"):
         LanguageModelModule()
+
+
+def test_last_checkpoint_is_the_final_step(tmp_path):
+    """Lightning's ModelCheckpoint(every_n_train_steps=2, save_last=True) leaves last.ckpt at step 2 of a
+    3-step run; the recipes' RunCheckpoint saves step 3 (and its step file) too."""
+    from lightning_redllm.modules.callbacks import RunCheckpoint
+
+    L.seed_everything(0)
+    dm = PretrainDataModule(seq_len=64, batch_size=2, num_workers=0)
+    cb = RunCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last=True, save_top_k=-1)
+    m = module("decllm")
+    trainer(tmp_path, 3, callbacks=[cb], enable_checkpointing=True).fit(m, datamodule=dm)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == 3
+    assert sorted(p.name.split("-")[-1] for p in tmp_path.glob("epoch=*.ckpt")) == ["step=2.ckpt", "step=3.ckpt"]
+    for k, v in m.model.state_dict().items():
+        torch.testing.assert_close(last["state_dict"][f"model.{k}"], v, rtol=0, atol=0)
+
+
+def test_every_recipe_checkpoint_keeps_the_final_step():
+    """A recipe with a checkpoint callback uses RunCheckpoint, not Lightning's ModelCheckpoint."""
+    import yaml
+
+    from lightning_redllm.cli import RECIPES
+
+    seen = 0
+    for path in RECIPES.rglob("*.yaml"):
+        for cb in ((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get("callbacks") or []:
+            if "Checkpoint" in cb.get("class_path", ""):
+                seen += 1
+                assert cb["class_path"] == "lightning_redllm.modules.callbacks.RunCheckpoint", path
+    assert seen >= 4

@@ -1,9 +1,26 @@
-"""Callbacks the recipes use: token throughput / MFU."""
+"""Callbacks the recipes use: token throughput / MFU, and a checkpoint that always holds the last step."""
 from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is always the final step of the run.
+
+    With ``every_n_train_steps=100`` and ``max_steps=250``, Lightning's own callback leaves
+    ``last.ckpt`` at step 200 (it saves "last" at the end only when nothing was saved before), so
+    ``init_from``, ``generate``, ``export`` and the next stage would silently read 50 steps old
+    weights. This one saves once more when training ends past the last save (same arguments).
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
 
 def batch_sequences(batch: dict[str, Any]) -> int:
