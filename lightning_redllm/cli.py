@@ -8,9 +8,8 @@ another recipe (relative form ``${..data.init_args.seq_len}`` or absolute under 
 from __future__ import annotations
 
 import importlib.resources
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
@@ -30,7 +29,9 @@ class RedLLMCLI(LightningCLI):
     """LightningCLI with the module/datamodule base classes of this package (subclass mode: any
     subclass is selected with ``--model.class_path`` / ``--data.class_path``)."""
 
-    def __init__(self, args: Optional[Sequence[str]] = None, **kwargs):
+    def __init__(self, args: Optional[Sequence[str]] = None,
+                 strategy_config_overrides: Sequence[tuple[list[str], Any]] = (), **kwargs):
+        self._strategy_config_overrides = list(strategy_config_overrides)
         # errors raise (exit_on_error=False) so run_lightning can report them in one line
         parser = {"parser_mode": "omegaconf+", "exit_on_error": False}
         kwargs.setdefault("parser_kwargs", {"prog": "python -m lightning_redllm", **parser,
@@ -51,6 +52,29 @@ class RedLLMCLI(LightningCLI):
         })
         super().__init__(LanguageModelModule, LightningDataModule, subclass_mode_model=True,
                          subclass_mode_data=True, args=args, **kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        """Merge ``--trainer.strategy.init_args.config.KEY.SUBKEY VALUE`` flags into the strategy's
+        config dict key by key (see :func:`split_strategy_config_overrides`)."""
+        if not self._strategy_config_overrides:
+            return
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        strategy = cfg.trainer.get("strategy")
+        init_args = getattr(strategy, "init_args", None)
+        config = init_args.get("config") if init_args is not None else None
+        if not isinstance(config, dict):
+            flag = STRATEGY_CONFIG_FLAG + ".".join(self._strategy_config_overrides[0][0])
+            raise ConfigError(f"{flag} edits a strategy's config dict, but the strategy ({strategy!r}) has none; "
+                              "compose a DeepSpeed recipe first (e.g. --config strategy/zero3)")
+        for path, value in self._strategy_config_overrides:
+            node = config
+            for key in path[:-1]:
+                if not isinstance(node.get(key, {}), dict):
+                    raise ConfigError(f"{STRATEGY_CONFIG_FLAG}{'.'.join(path)}: {key!r} is not a section of "
+                                      "the strategy config")
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
 
     def before_fit(self) -> None:
         """A run folder belongs to one run. Lightning would write ``last-v1.ckpt`` beside an older
@@ -146,6 +170,46 @@ def resolve_config_args(args: list[str]) -> list[str]:
     return out
 
 
+#: dotted flags under this prefix edit the strategy's config dict (DeepSpeed's JSON config) key by key
+STRATEGY_CONFIG_FLAG = "--trainer.strategy.init_args.config."
+
+
+def split_strategy_config_overrides(args: list[str]) -> tuple[list[str], list[tuple[list[str], Any]]]:
+    """Take ``--trainer.strategy.init_args.config.a.b VALUE`` (or ``=VALUE``) flags out of ``args``.
+
+    The DeepSpeed config is one ``dict`` argument to jsonargparse: such a flag would *replace* the
+    recipe's whole dict with ``{a: {b: "VALUE"}}`` (dropping ``stage: 3`` and every other key) and
+    keep VALUE a string. Returned instead as (key path, YAML-parsed value) pairs, which
+    :meth:`RedLLMCLI.before_instantiate_classes` merges into the parsed dict, so
+    ``...config.zero_optimization.reduce_bucket_size 4194304`` changes that one integer.
+    """
+    import yaml
+
+    rest: list[str] = []
+    overrides: list[tuple[list[str], Any]] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith(STRATEGY_CONFIG_FLAG):
+            key, eq, value = a[len(STRATEGY_CONFIG_FLAG):].partition("=")
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"{a} needs a value")
+                value = args[i + 1]
+                i += 1
+            path = key.split(".")
+            if not all(path):
+                raise ConfigError(f"{a}: empty key in the dotted path")
+            try:
+                overrides.append((path, yaml.safe_load(value)))
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{STRATEGY_CONFIG_FLAG}{key}: value {value!r} is not valid YAML ({err})") from None
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
 def with_default_recipe(args: list[str]) -> list[str]:
     """``fit`` without any config (``--config``/``-c``) runs the quickstart recipe; any config given
     replaces it (compose with ``--config quickstart --config mine.yaml`` to keep it)."""
@@ -168,7 +232,8 @@ def run_lightning(args: list[str]) -> None:
 
     args = with_default_recipe(resolve_config_args(args))
     check_config_files(args)
+    args, strategy_overrides = split_strategy_config_overrides(args)
     try:
-        RedLLMCLI(args=args)
+        RedLLMCLI(args=args, strategy_config_overrides=strategy_overrides)
     except ArgumentError as err:
         raise explain_parser_error(str(err), args) from None

@@ -8,28 +8,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
-from .config import ModelConfig
 from .generate import SamplingOptions, generate_text
-from .models import LanguageModel
 from .modules.checkpoint import model_from_checkpoint, save_safetensors
+from .inference import load_for_inference  # noqa: F401  (also re-exported: users and tests import it here)
 from .plan import plan_main
-from .tokenizer import Tokenizer, load_tokenizer
-
-
-def load_for_inference(ckpt: str | Path, tokenizer: Optional[str] = None,
-                       device: str = "cpu") -> tuple[LanguageModel, Tokenizer, ModelConfig]:
-    """Model (eval mode), tokenizer and config from a Lightning checkpoint or safetensors file."""
-    model, cfg, hparams = model_from_checkpoint(ckpt)
-    tok_name = tokenizer or hparams.get("tokenizer")
-    if tok_name is None:
-        raise ValueError(f"no tokenizer recorded in {ckpt}; pass --tokenizer")
-    tok = load_tokenizer(tok_name)
-    tok.check_fits(cfg.vocab_size)
-    return model.to(device).eval(), tok, cfg
 
 
 def generate_main(argv: Sequence[str]) -> int:

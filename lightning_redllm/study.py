@@ -375,7 +375,7 @@ class Study:
                 for v, s in self._instruct_runs()]
 
     def load(self, ckpt: Path):
-        from .commands import load_for_inference
+        from .inference import load_for_inference
 
         if not ckpt.exists():
             raise StudyError(f"checkpoint {ckpt} is missing (did its training stage finish?)")

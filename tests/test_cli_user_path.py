@@ -188,3 +188,22 @@ def test_c_and_config_behave_the_same(tmp_path):
         outs.append((r.returncode, r.stdout))
     assert outs[0] == outs[1]
     assert "quickstart" not in outs[0][1] and "max_steps: 7" in outs[0][1]
+
+
+def test_strategy_config_flags_merge_key_by_key():
+    """jsonargparse would replace the recipe's whole DeepSpeed dict with the flag's one key, as a string."""
+    from lightning_redllm.cli import split_strategy_config_overrides
+
+    rest, over = split_strategy_config_overrides(
+        ["fit", "--trainer.strategy.init_args.config.zero_optimization.reduce_bucket_size", "4194304",
+         "--trainer.max_steps", "2", "--trainer.strategy.init_args.config.zero_optimization.offload_optimizer={device: cpu}",
+         "--trainer.strategy.init_args.config.bf16.enabled", "false"])
+    assert rest == ["fit", "--trainer.max_steps", "2"]
+    assert over == [(["zero_optimization", "reduce_bucket_size"], 4194304),
+                    (["zero_optimization", "offload_optimizer"], {"device": "cpu"}), (["bf16", "enabled"], False)]
+
+
+def test_strategy_config_flag_without_a_deepspeed_recipe_is_one_line(tmp_path):
+    r = cli(["fit", "--trainer.strategy.init_args.config.zero_optimization.stage", "3", "--trainer.max_steps", "1"],
+            cwd=tmp_path)
+    one_error(r, "--trainer.strategy.init_args.config.zero_optimization.stage", "strategy/zero3")

@@ -161,6 +161,7 @@ def test_cli_fit_with_the_zero3_offload_recipe_then_export_and_generate(tmp_path
          "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "bf16-mixed",
          "--trainer.strategy.class_path", "ds_cpu.CPUDeepSpeedStrategy",
          "--trainer.strategy.init_args.config.zero_optimization.offload_optimizer.pin_memory", "false",
+         "--trainer.strategy.init_args.config.zero_optimization.reduce_bucket_size", "4096",
          "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2",
          "--trainer.default_root_dir", str(run)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
@@ -171,6 +172,11 @@ def test_cli_fit_with_the_zero3_offload_recipe_then_export_and_generate(tmp_path
     # one optimizer partition per rank (bf16 mixed precision: DeepSpeed prefixes the files with bf16_)
     assert [s for s in shards if "optim_states" in s] == ["bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
                                                         "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    # the dotted flags changed those two keys and kept the rest of the recipe's DeepSpeed config
+    ds_config = torch.load(folder / "checkpoint" / "zero_pp_rank_0_mp_rank_00_model_states.pt", weights_only=True,
+                           map_location="cpu")["ds_config"]["zero_optimization"]
+    assert ds_config["stage"] == 3 and ds_config["reduce_bucket_size"] == 4096 and ds_config["overlap_comm"] is True
+    assert ds_config["offload_optimizer"] == {"device": "cpu", "pin_memory": False}
     out = tmp_path / "model.safetensors"
     e = subprocess.run([sys.executable, "-m", "lightning_redllm", "export", "--ckpt", str(folder), "--out", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)

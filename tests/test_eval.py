@@ -8,7 +8,6 @@ import sys
 
 import lightning as L
 import pytest
-import torch
 
 from lightning_redllm.data.shards import bundled_shards
 from lightning_redllm.eval import evaluate_perplexity, iter_documents

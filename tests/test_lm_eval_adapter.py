@@ -20,7 +20,7 @@ from lightning_redllm.config import ModelConfig  # noqa: E402
 from lightning_redllm.eval.lm_eval_adapter import (  # noqa: E402
     BUNDLED_TASKS, BUNDLED_TASKS_DIR, LightningRedLLMLM, run_lm_eval, task_manager)
 from lightning_redllm.generate import SamplingOptions, generate, generate_text  # noqa: E402
-from lightning_redllm.models import DecLLM, RedLLM, build_model  # noqa: E402
+from lightning_redllm.models import RedLLM, build_model  # noqa: E402
 from lightning_redllm.modules.checkpoint import save_safetensors  # noqa: E402
 from lightning_redllm.tokenizer import load_tokenizer  # noqa: E402
 

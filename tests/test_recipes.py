@@ -2,7 +2,6 @@
 compositions instantiate their model and data classes."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import math
 import time
-from fractions import Fraction
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
 from ..config import num_parameters
 from ..models import LanguageModel
 from .perplexity import documents_by_source, pack_source, score_continuations
+from .prefixes import PrefixSpec, parse_prefix, prefix_label, resolve_prefix  # noqa: F401  (re-exported)
 
 KIND = "lightning_redllm.extrapolation/1"
-PrefixSpec = Union[int, str]
 
 
 def default_lengths(train_length: int, start: int = 256, factor: int = 8) -> list[int]:
@@ -40,40 +39,6 @@ def default_lengths(train_length: int, start: int = 256, factor: int = 8) -> lis
         n *= 2
     out.append(factor * train_length)
     return sorted(set(out))
-
-
-def parse_prefix(spec: PrefixSpec) -> PrefixSpec:
-    """Validate one prefix spec: a positive int, ``"half"`` or a fraction ``"a/b"`` in (0, 1)."""
-    if isinstance(spec, bool):
-        raise ValueError(f"prefix length must be an integer or a fraction like 'half' / '1/4', got {spec!r}")
-    if isinstance(spec, int):
-        if spec < 1:
-            raise ValueError(f"prefix length must be >= 1, got {spec}")
-        return spec
-    text = str(spec).strip()
-    if text.isdigit():
-        return parse_prefix(int(text))
-    try:
-        frac = Fraction(1, 2) if text == "half" else Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"prefix length must be an integer or a fraction like 'half' / '1/4', got {spec!r}") from None
-    if not 0 < frac < 1:
-        raise ValueError(f"a fractional prefix length must lie in (0, 1), got {spec!r}")
-    return "half" if frac == Fraction(1, 2) else f"{frac.numerator}/{frac.denominator}"
-
-
-def resolve_prefix(spec: PrefixSpec, length: int) -> int:
-    """Prefix tokens for a sequence of ``length`` tokens."""
-    spec = parse_prefix(spec)
-    if isinstance(spec, int):
-        return spec
-    frac = Fraction(1, 2) if spec == "half" else Fraction(spec)
-    return max(1, int(length * frac))
-
-
-def prefix_label(spec: PrefixSpec) -> str:
-    spec = parse_prefix(spec)
-    return f"p{spec}" if isinstance(spec, int) else ("p-half" if spec == "half" else "p-" + spec.replace("/", "of"))
 
 
 def extrapolation_sweep(models: Mapping[str, LanguageModel], shards, *, bos_id: int, lengths: Sequence[int],
@@ -187,7 +152,7 @@ def extrapolate_main(argv: Sequence[str]) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="output folder: extrapolation.json and extrapolation_*.png")
     a = p.parse_args(list(argv))
-    from ..commands import load_for_inference
+    from ..inference import load_for_inference
     from ..data.shards import bundled_shards
     from .plots import plot_extrapolation
 

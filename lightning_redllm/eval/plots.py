@@ -40,7 +40,7 @@ def _save(fig, path: Path) -> Path:
 def plot_extrapolation(result: dict, out_dir: str | Path, prefix: str = "extrapolation") -> list[Path]:
     """One PNG per prefix length: perplexity vs context length, one line per model."""
     plt = _pyplot()
-    from .extrapolation import prefix_label
+    from .prefixes import prefix_label
 
     out = []
     train_len = result.get("train_length")

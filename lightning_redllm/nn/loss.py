@@ -23,7 +23,7 @@ over a whole optimizer step, see ``LanguageModelModule``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
