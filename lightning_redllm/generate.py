@@ -219,7 +219,7 @@ def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out = []
     cache = model.init_cache(b, p_len + opts.max_new_tokens) if use_cache else None
-    logits = model(ids, attention_mask=mask, prefix_lengths=prefix, cache=cache, return_logits=True).logits[:, -1]
+    logits = model(ids, attention_mask=mask, prefix_lengths=prefix, cache=cache, return_logits="last").logits[:, -1]
     for step in range(opts.max_new_tokens):
         nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
         out.append(nxt)
@@ -229,10 +229,10 @@ def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
             break
         mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.bool, device=device)], dim=1)
         if use_cache:
-            logits = model(nxt.unsqueeze(1), attention_mask=mask, cache=cache, return_logits=True).logits[:, -1]
+            logits = model(nxt.unsqueeze(1), attention_mask=mask, cache=cache, return_logits="last").logits[:, -1]
         else:
             ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
-            logits = model(ids, attention_mask=mask, prefix_lengths=prefix, return_logits=True).logits[:, -1]
+            logits = model(ids, attention_mask=mask, prefix_lengths=prefix, return_logits="last").logits[:, -1]
     return torch.stack(out, dim=1)
 
 
@@ -250,7 +250,7 @@ def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     done = torch.zeros(b, dtype=torch.bool, device=device)
     cache = model.init_cache(b, opts.max_new_tokens + 1) if use_cache else None
     # decode through forward (not .decode): sharding wrappers gather the tied head for forward
-    logits = model(None, dec, encoder_outputs=enc, cache=cache, return_logits=True).logits[:, -1]
+    logits = model(None, dec, encoder_outputs=enc, cache=cache, return_logits="last").logits[:, -1]
     out = []
     for step in range(opts.max_new_tokens):
         nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
@@ -260,10 +260,10 @@ def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
         if bool(done.all()) or step == opts.max_new_tokens - 1:
             break
         if use_cache:
-            logits = model(None, nxt.unsqueeze(1), encoder_outputs=enc, cache=cache, return_logits=True).logits[:, -1]
+            logits = model(None, nxt.unsqueeze(1), encoder_outputs=enc, cache=cache, return_logits="last").logits[:, -1]
         else:
             dec = torch.cat([dec, nxt.unsqueeze(1)], dim=1)
-            logits = model(None, dec, encoder_outputs=enc, return_logits=True).logits[:, -1]
+            logits = model(None, dec, encoder_outputs=enc, return_logits="last").logits[:, -1]
     return torch.stack(out, dim=1)
 
 
@@ -277,11 +277,11 @@ _COMPILED: dict[tuple[str, str], Callable] = {}
 
 def _decllm_step(model: DecLLM, ids, positions, key_mask, cache, index):
     return model(ids, positions=positions, attention_mask=key_mask, cache=cache, cache_index=index,
-                 return_logits=True).logits[:, -1]
+                 return_logits="last").logits[:, -1]
 
 
 def _redllm_step(model: RedLLM, ids, enc, cache, index):
-    return model(None, ids, encoder_outputs=enc, cache=cache, cache_index=index, return_logits=True).logits[:, -1]
+    return model(None, ids, encoder_outputs=enc, cache=cache, cache_index=index, return_logits="last").logits[:, -1]
 
 
 def compiled_step(family: str, device: torch.device) -> Callable:
@@ -333,7 +333,7 @@ def _static_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, gen, ad
     for c in cache:
         _mark_static(c.k, c.v)
     # the prompt: the ordinary cached forward (its own shapes), filling slots [0, p_len)
-    logits = model(ids, attention_mask=mask, prefix_lengths=prefix, cache=cache, return_logits=True).logits[:, -1]
+    logits = model(ids, attention_mask=mask, prefix_lengths=prefix, cache=cache, return_logits="last").logits[:, -1]
     key_mask = torch.zeros((b, max_len), dtype=torch.bool, device=device)
     key_mask[:, :p_len] = mask
     positions = mask.sum(dim=1, keepdim=True)  # (B, 1): the next real token's RoPE position
@@ -365,7 +365,7 @@ def _static_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, gen, pr
         _mark_static(c.k, c.v)
     dec = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
     # bos: the ordinary cached forward fills slot 0 and the cross-attention K/V (computed once)
-    logits = model(None, dec, encoder_outputs=enc, cache=cache, return_logits=True).logits[:, -1]
+    logits = model(None, dec, encoder_outputs=enc, cache=cache, return_logits="last").logits[:, -1]
     for c in cache.cross_attn:
         _mark_static(c.k, c.v)
     _mark_static(enc.hidden)

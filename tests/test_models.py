@@ -336,3 +336,22 @@ def test_explicit_positions_beyond_the_table_grow_it():
     # RoPE is relative: shifting every position changes nothing (fp64 compute: rounding ~1e-16)
     torch.testing.assert_close(far, near, atol=1e-12, rtol=1e-12)
     assert (gap[0, 3] - near[0, 3]).abs().max() > 1e-3  # but the distances matter
+
+
+@pytest.mark.parametrize("family", ["decllm", "redllm"])
+def test_last_position_logits_equal_the_full_logits_last_row(family):
+    """``return_logits="last"`` (what generation asks for at prefill) projects only the last position."""
+    from lightning_redllm.config import ModelConfig
+    from lightning_redllm.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name(f"{family}-tiny", d_model=32, n_heads=2, head_dim=16, ffn_dim=64, n_layers=1,
+                                n_encoder_layers=1, n_decoder_layers=1)
+    model = build_model(cfg).eval()
+    model.init_weights()
+    ids = torch.randint(3, cfg.vocab_size, (2, 7))
+    args = (ids,) if family == "decllm" else (ids, ids[:, :5])
+    full = model(*args, return_logits=True).logits
+    last = model(*args, return_logits="last").logits
+    assert last.shape == (2, 1, cfg.vocab_size)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-5)  # fp32, same matmul on fewer rows

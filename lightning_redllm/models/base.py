@@ -184,7 +184,9 @@ class LanguageModel(nn.Module):
         return hidden @ self.embed.weight.t()
 
     def lm_output(self, hidden: torch.Tensor, labels: Optional[torch.Tensor], z_loss: float,
-                  return_logits: Optional[bool]) -> ModelOutput:
+                  return_logits: Optional[bool | str]) -> ModelOutput:
+        """Loss terms against ``labels`` and/or logits: ``return_logits`` True (all positions), "last"
+        (the last position only, (B, 1, V)), False, or None (logits only when there are no labels)."""
         if return_logits is None:
             return_logits = labels is None
         out = ModelOutput()
@@ -192,7 +194,9 @@ class LanguageModel(nn.Module):
             loss_fn = self.__dict__.get("_compiled_loss", linear_cross_entropy)
             res = loss_fn(hidden, self.embed.weight, labels, z_loss=z_loss, chunk=self.config.loss_chunk_tokens)
             out.loss, out.nll, out.z, out.correct, out.num_tokens = res.loss, res.nll, res.z, res.correct, res.num_tokens
-        if return_logits:
+        if return_logits == "last":  # generation needs only the last position: no (B, T, V) logits
+            out.logits = self.lm_logits(hidden[:, -1:])
+        elif return_logits:
             out.logits = self.lm_logits(hidden)
         return out
 

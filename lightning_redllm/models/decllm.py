@@ -57,7 +57,7 @@ class DecLLM(LanguageModel):
                 cache: Optional[list[KVCache]] = None,
                 cache_index: Optional[torch.Tensor] = None,
                 z_loss: float = 0.0,
-                return_logits: Optional[bool] = None) -> ModelOutput:
+                return_logits: Optional[bool | str] = None) -> ModelOutput:
         """
         Args:
             input_ids: (B, T) token ids.
@@ -73,7 +73,8 @@ class DecLLM(LanguageModel):
                 of the whole cache (this call's included) and ``positions`` must be given. Nothing
                 is read on the host, so every decoding step has identical shapes (one compiled graph).
             z_loss: weight of the z-loss term (study: 1e-4 in pretraining).
-            return_logits: default: only when no labels are given.
+            return_logits: default: only when no labels are given; ``"last"``: only the last
+                position's, (B, 1, V) (generation: no prompt-length x vocab logits).
         """
         self.check_inputs(input_ids, labels, prefix_lengths=prefix_lengths, values=self._check_values())
         b, t = input_ids.shape

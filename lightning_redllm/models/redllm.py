@@ -108,7 +108,7 @@ class RedLLM(LanguageModel):
     def decode(self, decoder_input_ids: torch.Tensor, encoder: EncoderOutput,
                labels: Optional[torch.Tensor] = None, *, cache: Optional[RedLLMCache] = None,
                cache_index: Optional[torch.Tensor] = None,
-               z_loss: float = 0.0, return_logits: Optional[bool] = None) -> ModelOutput:
+               z_loss: float = 0.0, return_logits: Optional[bool | str] = None) -> ModelOutput:
         """decoder_input_ids: (B, T) -> logits (B, T, V) and/or loss against labels (B, T).
 
         ``cache_index`` (T,) long device tensor: static-cache decoding -- the decoder tokens are
@@ -163,7 +163,7 @@ class RedLLM(LanguageModel):
                 labels: Optional[torch.Tensor] = None, *, encoder_lengths: Optional[torch.Tensor] = None,
                 encoder_outputs: Optional[EncoderOutput] = None, cache: Optional[RedLLMCache] = None,
                 cache_index: Optional[torch.Tensor] = None,
-                z_loss: float = 0.0, return_logits: Optional[bool] = None) -> ModelOutput:
+                z_loss: float = 0.0, return_logits: Optional[bool | str] = None) -> ModelOutput:
         """Encode then decode; or, with ``encoder_outputs``, decode only (incremental generation).
 
         Args:
