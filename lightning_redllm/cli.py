@@ -226,6 +226,8 @@ def run_lightning(args: list[str]) -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     # streamed (iterable) data has no sampler indices; PredictionWriter numbers examples itself
     warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices fetched from your dataloader.*")
+    # the module's on_before_batch_transfer (objective + input checks on the CPU batch) is meant to win
+    warnings.filterwarnings("ignore", message=".*overridden `on_before_batch_transfer` in `LightningModule`.*")
     from jsonargparse import ArgumentError
 
     from .cli_errors import check_config_files, explain_parser_error
