@@ -222,8 +222,6 @@ def quality_points(evaluated: Sequence[dict], prompt_len: int, new_tokens: int) 
 def efficiency_main(argv: Sequence[str]) -> int:
     """``python -m lightning_redllm efficiency --presets tiny,150m --out DIR``"""
     import argparse
-    import json
-    from pathlib import Path
 
     p = argparse.ArgumentParser(prog="python -m lightning_redllm efficiency",
                                 description="Inference cost per preset and family (random weights): prefill time, "
@@ -245,14 +243,7 @@ def efficiency_main(argv: Sequence[str]) -> int:
     res = efficiency_benchmark([x.strip() for x in a.presets.split(",") if x.strip()], batch_sizes=batch_sizes,
                                prompt_len=a.prompt_len, new_tokens=a.new_tokens, repeats=a.repeats, device=a.device,
                                dtype=a.dtype, compile=a.compile, log=print)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "efficiency.json").write_text(json.dumps(res, indent=2))
-    print(format_efficiency(res))
-    from .plots import plot_efficiency
+    from .plots import plot_efficiency, write_results
 
-    try:
-        print("wrote " + ", ".join(map(str, [out / "efficiency.json", *plot_efficiency(res, out)])))
-    except ImportError as err:
-        print(f"wrote {out / 'efficiency.json'} (no plot: {err})")
+    write_results(a.out, "efficiency", res, format_efficiency(res), plot_efficiency)
     return 0

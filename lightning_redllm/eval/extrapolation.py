@@ -135,7 +135,6 @@ def format_extrapolation(result: dict) -> str:
 def extrapolate_main(argv: Sequence[str]) -> int:
     """``python -m lightning_redllm extrapolate --ckpt A --ckpt B ...``"""
     import argparse
-    import json
     from pathlib import Path
 
     p = argparse.ArgumentParser(prog="python -m lightning_redllm extrapolate",
@@ -154,7 +153,7 @@ def extrapolate_main(argv: Sequence[str]) -> int:
     a = p.parse_args(list(argv))
     from ..inference import load_for_inference
     from ..data.shards import bundled_shards
-    from .plots import plot_extrapolation
+    from .plots import plot_extrapolation, write_results
 
     models, tok, train_len = {}, None, a.train_length
     for item in a.ckpt:
@@ -172,15 +171,7 @@ def extrapolate_main(argv: Sequence[str]) -> int:
                               lengths=lengths, prefix_lengths=specs, train_length=train_len,
                               tokens_per_source=a.tokens_per_source or 2 * max(lengths), batch_size=a.batch_size,
                               tokenizer_fingerprint=tok.fingerprint, log=print)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "extrapolation.json").write_text(json.dumps(res, indent=2))
-    print(format_extrapolation(res))
-    try:
-        pngs = plot_extrapolation(res, out)
-        print("wrote " + ", ".join(str(x) for x in [out / "extrapolation.json", *pngs]))
-    except ImportError as err:
-        print(f"wrote {out / 'extrapolation.json'} (no plots: {err})")
+    write_results(a.out, "extrapolation", res, format_extrapolation(res), plot_extrapolation)
     return 0
 
 

@@ -41,21 +41,34 @@ def _packed(docs: Sequence[torch.Tensor], seq_len: int, max_sequences: Optional[
 @torch.no_grad()
 def score_sequences(model: LanguageModel, tokens: torch.Tensor, bos_id: int, batch_size: int,
                     prefix_len: Optional[int] = None) -> tuple[float, int, int]:
-    """(summed nll, predicted tokens, correct argmax) over packed ``tokens`` (N, L)."""
+    """(summed nll, predicted tokens, correct argmax) over packed ``tokens`` (N, L), each family with its
+    training objective: RedLLM (and DecLLM + BiAttn) predict the tokens after ``prefix_len`` (default
+    half), plain DecLLM predicts every token."""
+    return _score(model, tokens, bos_id, batch_size, prefix_len or tokens.shape[1] // 2, causal_scores_prefix=True)
+
+
+def _score(model: LanguageModel, tokens: torch.Tensor, bos_id: int, batch_size: int, prefix_len: int, *,
+           causal_scores_prefix: bool) -> tuple[float, int, int]:
+    """The one scoring loop: RedLLM encodes ``tokens[:, :prefix_len]`` and decodes the rest; DecLLM +
+    BiAttn attends that prefix bidirectionally and predicts the rest; plain DecLLM runs causally and
+    scores the prefix positions too only when ``causal_scores_prefix``."""
     device = model.embed.weight.device
     nll_sum, count, correct = 0.0, 0, 0
     for start in range(0, tokens.shape[0], batch_size):
-        chunk = tokens[start:start + batch_size].to(device)
+        chunk = tokens[start:start + batch_size].to(device)  # (B, L)
         if isinstance(model, RedLLM):
-            p = prefix_len or chunk.shape[1] // 2
-            b = prefix_lm(chunk, p, bos_id)
+            b = prefix_lm(chunk, prefix_len, bos_id)
             out = model(b["encoder_input_ids"], b["decoder_input_ids"], b["labels"])
         elif isinstance(model, DecLLM) and model.config.bidirectional_prefix:
-            b = prefix_causal_lm(chunk, prefix_len or chunk.shape[1] // 2, bos_id)
+            b = prefix_causal_lm(chunk, prefix_len, bos_id)
             out = model(b["input_ids"], b["labels"], prefix_lengths=b["prefix_lengths"])
         elif isinstance(model, DecLLM):
             b = causal_lm(chunk, bos_id)
-            out = model(b["input_ids"], b["labels"])
+            labels = b["labels"]
+            if not causal_scores_prefix:
+                labels = labels.clone()
+                labels[:, :prefix_len] = -100  # seen as context, not scored (objectives.IGNORE_INDEX)
+            out = model(b["input_ids"], labels)
         else:
             raise ValueError(f"unsupported model {type(model).__name__}")
         n = int(out.num_tokens)
@@ -126,28 +139,7 @@ def score_continuations(model: LanguageModel, tokens: torch.Tensor, prefix_len: 
     length = tokens.shape[1]
     if not 0 < prefix_len < length:
         raise ValueError(f"prefix_len must be in [1, {length - 1}] for sequences of {length} tokens, got {prefix_len}")
-    device = model.embed.weight.device
-    nll_sum, count, correct = 0.0, 0, 0
-    for start in range(0, tokens.shape[0], batch_size):
-        chunk = tokens[start:start + batch_size].to(device)  # (B, L)
-        if isinstance(model, RedLLM):
-            b = prefix_lm(chunk, prefix_len, bos_id)
-            out = model(b["encoder_input_ids"], b["decoder_input_ids"], b["labels"])
-        elif isinstance(model, DecLLM) and model.config.bidirectional_prefix:
-            b = prefix_causal_lm(chunk, prefix_len, bos_id)
-            out = model(b["input_ids"], b["labels"], prefix_lengths=b["prefix_lengths"])
-        elif isinstance(model, DecLLM):
-            b = causal_lm(chunk, bos_id)
-            labels = b["labels"].clone()
-            labels[:, :prefix_len] = -100  # seen as context, not scored (objectives.IGNORE_INDEX)
-            out = model(b["input_ids"], labels)
-        else:
-            raise ValueError(f"unsupported model {type(model).__name__}")
-        n = int(out.num_tokens)
-        nll_sum += float(out.nll) * n
-        count += n
-        correct += int(out.correct)
-    return nll_sum, count, correct
+    return _score(model, tokens, bos_id, batch_size, prefix_len, causal_scores_prefix=False)
 
 
 def documents_by_source(shards, tokenizer_fingerprint: Optional[str] = None) -> dict[str, list[torch.Tensor]]:

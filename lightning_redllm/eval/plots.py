@@ -6,7 +6,7 @@ there and returns their paths. Colours are fixed per family so plots read the sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 INSTALL_HINT = "pip install 'lightning_redllm[eval]'"
 COLORS = {"redllm": "#1f77b4", "decllm": "#d62728", "decllm+biattn": "#2ca02c"}
@@ -21,6 +21,26 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def write_results(out_dir: str | Path, name: str, result: dict, table: str,
+                  plot: Callable[[dict, Path], list[Path]]) -> list[Path]:
+    """What each study command ends with: ``out_dir/<name>.json``, the table printed, then the PNGs
+    (or, without matplotlib, one line saying why there are none). Returns the files written."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{name}.json"]
+    written[0].write_text(json.dumps(result, indent=2))
+    print(table)
+    try:
+        written += plot(result, out)
+    except ImportError as err:
+        print(f"wrote {written[0]} (no plots: {err})")
+        return written
+    print("wrote " + ", ".join(map(str, written)))
+    return written
 
 
 def family_key(family: str, bidirectional_prefix: bool = False) -> str:

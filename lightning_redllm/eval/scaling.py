@@ -246,7 +246,6 @@ def format_scaling(result: dict) -> str:
 def scaling_main(argv: Sequence[str]) -> int:
     """``python -m lightning_redllm scaling RUN_DIR ... --out DIR``"""
     import argparse
-    import json
 
     p = argparse.ArgumentParser(prog="python -m lightning_redllm scaling",
                                 description="Fit loss = a * C^-b (training FLOPs) and loss = a * N^-b (parameters) "
@@ -263,14 +262,7 @@ def scaling_main(argv: Sequence[str]) -> int:
             raise ValueError(f"no checkpoint in {r} (expected {ckpt})")
         points.append(run_point(ckpt))
     res = scaling_fits(points, a.confidence, loss_name="val/loss (training objective)")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling.json").write_text(json.dumps(res, indent=2))
-    print(format_scaling(res))
-    from .plots import plot_scaling
+    from .plots import plot_scaling, write_results
 
-    try:
-        print("wrote " + ", ".join(map(str, [out / "scaling.json", *plot_scaling(res, out)])))
-    except ImportError as err:
-        print(f"wrote {out / 'scaling.json'} (no plot: {err})")
+    write_results(a.out, "scaling", res, format_scaling(res), plot_scaling)
     return 0
