@@ -236,15 +236,21 @@ def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     return torch.stack(out, dim=1)
 
 
+def _right_padded(model: RedLLM, prompts, pad_id):
+    """(encoder ids (B, S), lengths (B,)) of a RedLLM prompt batch, right-padded: built on the host,
+    moved to the model's device in one transfer each."""
+    device = model.embed.weight.device
+    ids = torch.full((len(prompts), max(len(p) for p in prompts)), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
+    return ids.to(device), torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+
+
 def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen,
                      progress) -> torch.Tensor:
     device = model.embed.weight.device
-    b, s = len(prompts), max(len(p) for p in prompts)
-    enc_ids = torch.full((b, s), pad_id, dtype=torch.long)
-    for i, p in enumerate(prompts):  # right padding, built on the host: one transfer
-        enc_ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
-    enc_ids = enc_ids.to(device)
-    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+    enc_ids, lengths = _right_padded(model, prompts, pad_id)
+    b = enc_ids.shape[0]
     enc = model.encode(enc_ids, lengths)
     dec = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -354,12 +360,9 @@ def _static_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, gen, ad
 
 def _static_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, gen, progress) -> torch.Tensor:
     device = model.embed.weight.device
-    b, s = len(prompts), max(len(p) for p in prompts)
-    enc_ids = torch.full((b, s), pad_id, dtype=torch.long)
-    for i, p in enumerate(prompts):  # right padding
-        enc_ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
-    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
-    enc = model.encode(enc_ids.to(device), lengths)
+    enc_ids, lengths = _right_padded(model, prompts, pad_id)
+    b, s = enc_ids.shape
+    enc = model.encode(enc_ids, lengths)
     cache = model.init_cache(b, opts.max_new_tokens)
     for c in cache.self_attn:
         _mark_static(c.k, c.v)
