@@ -39,7 +39,7 @@ def one_step(family: str, precision: str, batch, root) -> tuple[float, dict[str,
 
 @pytest.mark.numerics
 @pytest.mark.parametrize("family", ["decllm", "redllm"])
-def test_bf16_mixed_step_matches_fp32(family, tmp_path):
+def test_bf16_mixed_step_matches_fp32(family, tmp_path, bf16_cpu_attention):
     batch = next(iter(PretrainDataModule(seq_len=64, batch_size=4, num_workers=0).train_dataloader()))
     loss32, g32 = one_step(family, "32-true", batch, tmp_path)
     loss16, g16 = one_step(family, "bf16-mixed", batch, tmp_path)

@@ -144,8 +144,16 @@ class LanguageModelModule(L.LightningModule):
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
-        """Refuse data tokenized with another tokenizer, before any heavy work."""
+        """Refuse data tokenized with another tokenizer, and bf16 on a CPU whose kernels cannot run
+        bf16 attention, before any heavy work."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self._trainer is not None and "bf16" in str(self.trainer.precision) \
+                and self.trainer.strategy.root_device.type == "cpu":
+            from .cpu_kernels import check_bf16_cpu_attention
+
+            c = self.config
+            check_bf16_cpu_attention(c.n_heads, c.n_kv_heads or c.n_heads, c.head_dim,
+                                     int(getattr(dm, "seq_len", None) or 128))
         info = getattr(dm, "tokenizer_info", None) if dm is not None else None
         if not info:
             return
