@@ -39,11 +39,12 @@ from data_pipelines.shards import (
     SHARD_RE,
     ShardWriter,
     dtype_for_vocab,
+    new_manifest,
     read_manifest,
     sample_key,
     key_prefix,
     shard_name,
-    write_json_atomic,
+    write_manifest,
 )
 from lightning_redllm.tokenizer import BUNDLED_TOKENIZERS, Tokenizer, load_tokenizer
 
@@ -454,18 +455,10 @@ def convert(
         why = f"all {bad} record(s) were bad lines (see the warnings)" if bad else "they hold no records"
         raise ConversionError(f"no document converted from {len(inputs)} input file(s) "
                               f"(first: {inputs[0].path}): {why}; no manifest written")
-    manifest = {
-        "format": FORMAT,
-        "kind": kind,
-        "tool_version": __version__,
-        "tokenizer": tokenizer_record(tok),
-        "dtype": dtype_for_vocab(tok.vocab_size).name,
-        "shards": [{k: v for k, v in s.items() if k != "resume"} for s in shards],
-        "totals": totals,
-        "errors": errors.to_dict(),
-        "complete": True,
-    }
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    manifest = new_manifest(kind, tokenizer_record(tok), dtype_for_vocab(tok.vocab_size).name,
+                            [{k: v for k, v in s.items() if k != "resume"} for s in shards],
+                            totals=totals, errors=errors.to_dict(), complete=True, tool_version=__version__)
+    write_manifest(out_dir, manifest)
     log.info("%s: %d shards, %d documents, %d tokens, %d bad lines skipped", out_dir, len(shards),
              totals["documents"], totals["tokens"], sum(errors.counts.values()))
     return manifest

@@ -1,4 +1,4 @@
-"""The shard format: webdataset ``.tar`` files plus a ``manifest.json`` (format ``lightning_redllm.shards/1``).
+"""The shard format: webdataset ``.tar`` files plus a ``manifest.json`` (``lightning_redllm.data.manifest``).
 
 One sample per document, ``__key__ = f"{source}-{doc_index:09d}"`` (no dots). Members:
 
@@ -10,25 +10,29 @@ Shards are named ``shard-{index:06d}.tar``. Tar members are written with fixed m
 uid/gid 0, mode 0644, ustar) so the same samples always give the same bytes.
 
 Public helpers: :class:`ShardWriter` (atomic: ``*.tar.tmp`` then ``os.replace``),
-:func:`read_manifest`, :func:`shard_paths`, :func:`brace_pattern`, :func:`iter_shard`.
+:func:`shard_paths`, :func:`brace_pattern`, :func:`iter_shard`. The manifest (format name, schema,
+reading, validating, writing) has one owner, ``lightning_redllm.data.manifest``; its names are
+re-exported here for the converters.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import pathlib
 import re
 import tarfile
-import tempfile
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-FORMAT = "lightning_redllm.shards/1"
-MANIFEST_NAME = "manifest.json"
-KINDS = ("pretrain", "instruct")
+from lightning_redllm.data.manifest import (  # re-exported for the converters
+    FORMAT, KINDS, MANIFEST_NAME, new_manifest, read_manifest, write_json_atomic, write_manifest)
+
+__all__ = ["FORMAT", "KINDS", "MANIFEST_NAME", "SHARD_RE", "ShardWriter", "brace_pattern", "dtype_for_vocab",
+           "iter_shard", "key_prefix", "new_manifest", "npy_bytes", "read_manifest", "sample_key", "sha256_file",
+           "shard_name", "shard_paths", "write_json_atomic", "write_manifest"]
+
 SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
 _KEY_PART_RE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -138,54 +142,6 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-def write_json_atomic(path: str | os.PathLike, data) -> None:
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-_REQUIRED = ("format", "kind", "tokenizer", "dtype", "shards", "totals", "errors", "complete")
-
-
-def read_manifest(directory: str | os.PathLike, require_complete: bool = True) -> dict:
-    """Load and check ``<directory>/manifest.json`` (a path to the file itself also works).
-
-    Raises ``ValueError`` naming the path when the manifest is missing, not JSON, of another
-    format, lacks keys, or (with ``require_complete``) belongs to an unfinished conversion.
-    """
-    path = pathlib.Path(directory)
-    if path.is_dir() or not path.name.endswith(".json"):
-        path = path / MANIFEST_NAME
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no shard manifest (convert data with data_pipelines first)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable shard manifest: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ValueError(f"{path}: not a {FORMAT} manifest (format={got!r})")
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:
-        raise ValueError(f"{path}: manifest lacks keys {missing}")
-    if manifest["kind"] not in KINDS:
-        raise ValueError(f"{path}: unknown kind {manifest['kind']!r}; expected one of {KINDS}")
-    if require_complete and manifest["complete"] is not True:
-        raise ValueError(f"{path}: conversion is not complete; re-run the converter to resume it")
-    return manifest
 
 
 def shard_paths(directory: str | os.PathLike, manifest: dict | None = None) -> list[pathlib.Path]:

@@ -6,7 +6,7 @@ Shard format (written by ``data_pipelines``): webdataset ``.tar`` files named
 * pretrain: ``<key>.tokens.npy`` (1-D uint16/uint32, the document WITH eos appended), ``<key>.source.txt``
 * instruct: ``<key>.inputs.npy``, ``<key>.targets.npy`` (1-D, no eos, untruncated), ``<key>.task.txt``
 
-A ``manifest.json`` beside the shards (``format: lightning_redllm.shards/1``) names the tokenizer
+A ``manifest.json`` beside the shards (format and schema: ``data.manifest``) names the tokenizer
 (fingerprint, vocab size, special ids), the kind and the per-shard document counts. It may be absent
 for user shards given as URLs; then the token ids come from the DataModule arguments.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import logging
 import os
 import re
@@ -34,10 +33,10 @@ from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
+from .manifest import MANIFEST_NAME, read_manifest
+
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "lightning_redllm.shards/1"
 BAD_SHARD_POLICIES = ("raise", "skip")
 
 _REMOTE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")  # pipe:, http:, https:, s3:, gs:, ...
@@ -139,27 +138,12 @@ class ShardManifest:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ShardManifest:
+        """Read and validate through the format's owner (``data.manifest``); an incomplete set loads
+        (the loader warns), anything else malformed is a ``ValueError`` naming the file."""
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except (OSError, json.JSONDecodeError) as exn:
-            raise ValueError(f"cannot read shard manifest {path!r}: {exn}") from exn
-        if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
-            got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-            raise ValueError(f"{path!r} is not a shard manifest: format {got!r}, expected {MANIFEST_FORMAT!r}")
-        kind = raw.get("kind")
-        if kind not in ("pretrain", "instruct"):
-            raise ValueError(f"shard manifest {path!r}: kind {kind!r} is not 'pretrain' or 'instruct'")
-        shards = {entry["name"]: entry for entry in raw.get("shards", []) if isinstance(entry, dict) and "name" in entry}
-        return cls(
-            path=path,
-            kind=kind,
-            tokenizer=dict(raw.get("tokenizer") or {}),
-            dtype=str(raw.get("dtype", "uint16")),
-            shards=shards,
-            complete=bool(raw.get("complete", True)),
-        )
+        raw = read_manifest(path, require_complete=False)
+        return cls(path=path, kind=raw["kind"], tokenizer=dict(raw["tokenizer"]), dtype=str(raw["dtype"]),
+                   shards={entry["name"]: entry for entry in raw["shards"]}, complete=raw["complete"] is True)
 
     def entry(self, url: str) -> dict[str, Any] | None:
         return self.shards.get(os.path.basename(url))

@@ -5,7 +5,6 @@ For tests, benchmarks and experiments without a tokenizer; real corpora come fro
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from .shards import MANIFEST_FORMAT, MANIFEST_NAME
+from .manifest import new_manifest, write_manifest
 
 DEFAULT_TOKENIZER = {
     "fingerprint": "sha256:synthetic", "vocab_size": 4096, "bos_id": 2, "eos_id": 3, "pad_id": 0, "unk_id": 1,
@@ -59,13 +58,7 @@ def _write(
         entries.append({"name": name, "documents": len(samples[start : start + docs_per_shard]),
                         "tokens": tokens, "sources": sources})
     if manifest:
-        doc = {
-            "format": MANIFEST_FORMAT, "kind": kind, "tokenizer": dict(tokenizer or DEFAULT_TOKENIZER),
-            "dtype": dtype, "shards": entries,
-            "totals": {"documents": len(samples), "tokens": sum(e["tokens"] for e in entries)},
-            "complete": True,
-        }
-        (out / MANIFEST_NAME).write_text(json.dumps(doc, indent=1))
+        write_manifest(out, new_manifest(kind, tokenizer or DEFAULT_TOKENIZER, dtype, entries))
     return paths
 
 
