@@ -187,7 +187,7 @@ COMMANDS = {
                    "inference cost per preset/family: prefill, decode latency, tokens/s, KV cache, FLOPs"),
     "scaling": (lambda argv: __import__("lightning_redllm.eval.scaling", fromlist=["_"]).scaling_main(argv),
                 "fit loss = a * C^-b vs training FLOPs and parameters from finished runs (JSON + PNG)"),
-    "report": (lambda argv: __import__("lightning_redllm.report", fromlist=["_"]).report_main(argv),
+    "report": (lambda argv: __import__("lightning_redllm.study.report", fromlist=["_"]).report_main(argv),
                "gather the runs, evaluations and plots under a folder into one markdown page"),
     "study": (lambda argv: __import__("lightning_redllm.study", fromlist=["_"]).study_main(argv),
               "run a RedLLM-vs-DecLLM study end to end (e.g. --config recipes/study/cpu-mini.yaml); resumable"),

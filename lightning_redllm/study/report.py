@@ -83,8 +83,8 @@ def _runs_section(root: Path, page_dir: Path) -> list[str]:
             fam = params = steps = tokens = None
             if ckpt.exists():
                 try:
-                    from .config import ModelConfig, num_parameters
-                    from .reliability import load_torch_file
+                    from ..config import ModelConfig, num_parameters
+                    from ..reliability import load_torch_file
 
                     st = load_torch_file(ckpt, mmap=True)
                     cfg = ModelConfig.from_dict(st["model_config"])
@@ -111,9 +111,9 @@ def _runs_section(root: Path, page_dir: Path) -> list[str]:
 
 def build_report(root: str | Path, page: Optional[str | Path] = None, title: Optional[str] = None) -> str:
     """The markdown page for everything under ``root`` (links relative to ``page``'s folder)."""
-    from .eval.efficiency import format_efficiency
-    from .eval.extrapolation import format_extrapolation, prefix_label
-    from .eval.scaling import format_scaling
+    from ..eval.efficiency import format_efficiency
+    from ..eval.extrapolation import format_extrapolation, prefix_label
+    from ..eval.scaling import format_scaling
 
     root = Path(root)
     page_dir = Path(page).parent if page else root
