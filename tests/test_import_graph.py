@@ -87,3 +87,63 @@ def test_no_import_cycles_in_the_package():
     assert "lightning_redllm.errors" in graph and not graph["lightning_redllm.errors"], "errors.py is the bottom floor"
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+# -- the study's room ------------------------------------------------------------------------------
+
+STUDY = "lightning_redllm.study"
+#: the study's modules, bottom floor first: each may import only from floors below its own
+STUDY_FLOORS = [
+    ["config"],
+    ["files", "plan"],
+    ["runner", "scoring", "report", "evaluations.context"],
+    ["fit", "evaluations.efficiency", "evaluations.extrapolation", "evaluations.instruct",
+     "evaluations.lm_eval_tasks", "evaluations.perplexity", "evaluations.scaling"],
+    ["evaluations", "report_stage"],
+    ["driver"],
+    ["command"],
+    [""],  # the package's __init__: the public names
+]
+#: the command layer (above the study: it dispatches to it)
+COMMAND_LAYER = ("lightning_redllm.cli", "lightning_redllm.cli_errors", "lightning_redllm.commands",
+                 "lightning_redllm.__main__", "lightning_redllm.progress", "lightning_redllm.predictions",
+                 "lightning_redllm.lm_eval")
+#: arrows from the study up into the command layer that exist today, each with its reason; the test fails
+#: when one disappears too, so the list shrinks with the code
+KNOWN_CLIMBS = {
+    # the study file is found like a --config: a file, or a packaged recipe by name (cli.resolve_recipe)
+    ("lightning_redllm.study.config", "lightning_redllm.cli"),
+}
+
+
+def _in_command_layer(mod: str) -> bool:
+    return any(mod == c or mod.startswith(c + ".") for c in COMMAND_LAYER)
+
+
+def _study_floor(mod: str) -> int:
+    name = mod[len(STUDY) + 1:] if mod != STUDY else ""
+    for i, floor in enumerate(STUDY_FLOORS):
+        if name in floor:
+            return i
+    raise AssertionError(f"{mod}: not on any floor of STUDY_FLOORS; put it on one")
+
+
+def test_study_floors_point_down():
+    graph = import_graph()
+    study = sorted(m for m in graph if m == STUDY or m.startswith(STUDY + "."))
+    assert len(study) >= 15, study  # the room exists and the graph sees it
+    up, climbs = [], set()
+    for mod in study:
+        for dep in graph[mod]:
+            if dep == STUDY or dep.startswith(STUDY + "."):
+                if _study_floor(dep) >= _study_floor(mod):
+                    up.append(f"{mod} -> {dep}")
+            elif _in_command_layer(dep):
+                climbs.add((mod, dep))
+    assert not up, "study modules importing a floor at or above their own: " + ", ".join(up)
+    assert climbs == KNOWN_CLIMBS, f"arrows from the study into the command layer: {sorted(climbs)}"
+    # below the study nothing imports it (the command layer dispatches to it by name, at run time)
+    users = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                   if (d == STUDY or d.startswith(STUDY + ".")) and not (m == STUDY or m.startswith(STUDY + "."))
+                   and not _in_command_layer(m))
+    assert not users, "modules below the study importing it: " + ", ".join(users)
