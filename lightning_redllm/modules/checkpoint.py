@@ -68,11 +68,15 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[di
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """One read of a ckpt file, sharded checkpoint dir or safetensors file."""
+    """One read of a ckpt file, sharded checkpoint dir, safetensors file or transformers folder."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
+        from ..hf.folder import is_hf_folder, read_hf_folder
+
+        if is_hf_folder(path):  # a transformers folder (python -m lightning_redllm export --format hf)
+            return Checkpoint(*read_hf_folder(path))
         if (path / "meta.pt").is_file() and any(path.glob("*.distcp")):
             return _load_distributed_dir(path)
         return _load_deepspeed_dir(path)
