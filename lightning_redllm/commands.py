@@ -96,8 +96,16 @@ def export_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m lightning_redllm export",
                                 description="Write a checkpoint's model weights (+config) as one safetensors file.")
     p.add_argument("--ckpt", required=True, help="Lightning .ckpt file or DeepSpeed checkpoint directory")
-    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--out", required=True, help="output .safetensors path (--format hf: output folder)")
+    p.add_argument("--format", choices=("safetensors", "hf"), default="safetensors",
+                   help="hf: a transformers folder (AutoModelFor*.from_pretrained, lm_eval --model hf, the Hub)")
+    p.add_argument("--max_shard_size", default="5GB", help="--format hf: weight files above this are sharded")
+    p.add_argument("--tokenizer", default=None, help="--format hf: tokenizer to ship (default: the run's)")
     a = p.parse_args(list(argv))
+    if a.format == "hf":
+        from .hf.export import export_main_hf
+
+        return export_main_hf(p, a)
     model, cfg, hparams = model_from_checkpoint(a.ckpt)
     out = save_safetensors(model, cfg, a.out, tokenizer=hparams.get("tokenizer"))
     print(f"wrote {out} ({model.num_parameters() / 1e6:.2f}M parameters, {cfg.family})")

@@ -28,7 +28,7 @@ from ..config import ModelConfig
 from ..tokenizer import Tokenizer, load_tokenizer
 from .convert import CONFIG_FILE, EXTRAS_KEY, LLAMA_TYPE, MODELING_FILE, hf_config, model_type_of, to_llama_names
 from .folder import CONFIG_NAME, is_hf_folder, read_config_json
-from .weights import save_weights
+from .weights import parse_size, save_weights
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 CODE_FILES = (f"{CONFIG_FILE}.py", f"{MODELING_FILE}.py")
@@ -154,6 +154,7 @@ def export_hf(ckpt: Union[str, Path], out: Union[str, Path], *, tokenizer: Optio
     from ..models import build_model
     from ..modules.checkpoint import check_compatible, read_checkpoint
 
+    parse_size(max_shard_size)  # a bad size fails before anything is read or written
     src = read_checkpoint(ckpt)
     if src.config is None:
         raise ValueError(f"{ckpt} holds no model config; export it with `python -m lightning_redllm export` first")
@@ -200,4 +201,22 @@ def export_hf(ckpt: Union[str, Path], out: Union[str, Path], *, tokenizer: Optio
     return out
 
 
-__all__ = ["export_hf", "training_progress", "tokenizer_files", "model_card"]
+def export_main_hf(parser, args) -> int:
+    """``export --format hf`` (``args``: the export subcommand's parsed flags); user errors in one line."""
+    import sys
+
+    try:
+        out = export_hf(args.ckpt, args.out, tokenizer=args.tokenizer, max_shard_size=args.max_shard_size)
+    except (ValueError, OSError) as err:
+        text = " ".join(str(err).split())
+        print(f"{parser.prog}: error: {'--' if text.startswith('max_shard_size') else ''}{text}", file=sys.stderr)
+        return 2
+    config = json.loads((out / CONFIG_NAME).read_text())
+    shards = len(list(out.glob("model*.safetensors")))
+    code = "custom code" if (out / CODE_FILES[1]).is_file() else "no custom code"
+    print(f"wrote {out}/ ({config['architectures'][0]}, {code}, weights in {shards} safetensors file"
+          f"{'s' if shards > 1 else ''})")
+    return 0
+
+
+__all__ = ["export_main_hf", "export_hf", "training_progress", "tokenizer_files", "model_card"]
