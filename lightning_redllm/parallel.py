@@ -46,22 +46,48 @@ def checkpoint_blocks_in_place(model: nn.Module) -> None:
             module._checkpointed_in_place = True
 
 
+def precision_param_dtype(precision: str) -> Optional[torch.dtype]:
+    """FSDP2's ``param_dtype`` for a Lightning ``Trainer(precision=...)`` value.
+
+    ``bf16-mixed``: the all-gathered (unsharded) parameters are bf16, so each all-gather moves half
+    the bytes and the blocks compute on bf16 weights (the fp32 shards stay the optimizer's master
+    weights; gradients are reduced in fp32). ``32-true`` and everything else: None (no cast;
+    ``bf16-true`` already makes the parameters themselves bf16).
+    """
+    return torch.bfloat16 if precision == "bf16-mixed" else None
+
+
 def shard_model(model: nn.Module, mesh=None, *, reshard_after_forward: bool = True,
                 param_dtype: Optional[torch.dtype] = None, activation_checkpointing: bool = False) -> nn.Module:
-    """FSDP2 over ``mesh`` (1-D data-parallel ``DeviceMesh``; None = the default process group).
+    """FSDP2 over ``mesh`` (1-D data-parallel ``DeviceMesh``, or 2-D for HSDP; None = the default
+    process group).
 
-    ``param_dtype`` (e.g. ``torch.bfloat16``) sets FSDP's mixed precision: compute in that dtype,
-    reduce gradients in fp32, keep fp32 master weights.
+    ``reshard_after_forward`` applies to the blocks only. The root (tied embedding + final norms) is
+    left to FSDP's default, which keeps a root's parameters gathered from forward to backward: the
+    tied matrix is the first thing backward needs (the output projection), so freeing it after the
+    forward would only buy a second all-gather of the largest tensor. It is also what keeps backward
+    correct on every torch: a module that reshards after forward relies on a pre-backward hook that
+    FSDP registers on the tensors of the module's *output*, and torch 2.11 finds them with
+    ``tree_flatten``, which sees nothing inside our ``ModelOutput`` dataclass (2.13 walks dataclasses)
+    -- so an explicitly resharded root was never re-gathered and backward read the freed
+    embedding (SIGSEGV on CPU). The blocks return plain tensors, so their hooks always fire.
+
+    ``param_dtype`` (e.g. ``torch.bfloat16``, see :func:`precision_param_dtype`) sets FSDP's mixed
+    precision: all-gather and compute in that dtype, reduce gradients in fp32, keep fp32 master weights.
+    Forward inputs are not cast (``cast_forward_inputs=False``): the residual stream is already in
+    ``param_dtype`` (it starts at the embedding), and the RoPE tables a block receives stay fp32, as
+    in every other precision setup of this toolkit.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if activation_checkpointing:
         apply_activation_checkpointing(model)
-    kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+    kwargs = {"mesh": mesh}
     if param_dtype is not None:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                                   cast_forward_inputs=False)
     for module in model.modules():
         if isinstance(module, Block):
-            fully_shard(module, **kwargs)
-    fully_shard(model, **kwargs)
+            fully_shard(module, reshard_after_forward=reshard_after_forward, **kwargs)
+    fully_shard(model, **kwargs)  # root: reshard_after_forward left to FSDP (False for the root)
     return model
