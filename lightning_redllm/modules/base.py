@@ -207,11 +207,13 @@ class LanguageModelModule(L.LightningModule):
         """Build on the meta device, shard, then allocate and initialize only this rank's shards."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        from ..parallel import shard_model
+        from ..parallel import precision_param_dtype, shard_model
 
         with torch.device("meta"):
             model = build_model(self.config)
-        shard_model(model, _fsdp_mesh(mesh), activation_checkpointing=self.hparams.activation_checkpointing)
+        # bf16-mixed: bf16 all-gathers and compute, fp32 shards and gradient reduction
+        shard_model(model, _fsdp_mesh(mesh), param_dtype=precision_param_dtype(self.trainer.precision),
+                    activation_checkpointing=self.hparams.activation_checkpointing)
         model.to_empty(device=self.trainer.strategy.root_device)
         model.init_weights()  # on the DTensor shards
         if self.hparams.init_from:
