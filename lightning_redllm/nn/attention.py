@@ -76,6 +76,13 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def rows(self, n: int) -> "KVCache":
+        """An empty cache over the first ``n`` rows of this one's buffers: views, so what it stores
+        lands here (compiled decoding pads the batch to a bucket; the prompt fills the real rows)."""
+        view = object.__new__(KVCache)
+        view.k, view.v, view.length = self.k[:n], self.v[:n], 0
+        return view
+
     def write(self, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, G, T, D) at slots ``index`` (T,) long; return the whole (B, G, max_len, D)
         buffers (the caller masks the slots that are not filled yet). No host sync, fixed shapes."""
