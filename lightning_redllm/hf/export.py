@@ -78,7 +78,10 @@ def tokenizer_files(tok: Tokenizer, folder: Path, cfg: ModelConfig) -> list[str]
     common = {**special, "add_bos_token": decllm, "add_eos_token": False, "model_max_length": cfg.max_seq_len,
               "padding_side": "left" if decllm else "right", "clean_up_tokenization_spaces": False}
     if tok.kind == "hf":
-        shutil.copyfile(tok.path, folder / "tokenizer.json")
+        data = json.loads(Path(tok.path).read_text(encoding="utf-8"))
+        if decllm:  # transformers 5 takes add_bos from tokenizer.json's post-processor, not tokenizer_config
+            data["post_processor"] = _with_bos(tok, data.get("post_processor"))
+        _dump(folder / "tokenizer.json", data)
         files = ["tokenizer.json"]
         tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", **common}
     else:
@@ -90,6 +93,20 @@ def tokenizer_files(tok: Tokenizer, folder: Path, cfg: ModelConfig) -> list[str]
     _dump(folder / "tokenizer_config.json", tok_config)
     _dump(folder / "special_tokens_map.json", {k: v for k, v in special.items() if v is not None})
     return files + ["tokenizer_config.json", "special_tokens_map.json"]
+
+
+def _with_bos(tok: Tokenizer, existing: Optional[dict]) -> dict:
+    """A ``tokenizers`` post-processor that puts ``bos`` before every text (after ``existing``, if any)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import processors
+
+    bos = tok.id_to_piece(tok.bos_id)
+    template = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                             special_tokens=[(bos, tok.bos_id)])
+    backend = HFTokenizer.from_file(str(tok.path))
+    backend.post_processor = template
+    built = json.loads(backend.to_str())["post_processor"]
+    return {"type": "Sequence", "processors": [existing, built]} if existing else built
 
 
 def model_card(cfg: ModelConfig, kind: str, n_params: int, progress: dict[str, int], source: str) -> str:

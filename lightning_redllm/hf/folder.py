@@ -38,22 +38,31 @@ def read_config_json(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _identity(path: Path) -> str:
+    """What decides a tokenizer's ids: a SentencePiece file's bytes; a tokenizer.json's content without
+    its post-processor (the export adds DecLLM's bos there; encoding here never adds specials)."""
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return "unreadable:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        data.pop("post_processor", None)
+        return "json:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return "bytes:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def folder_tokenizer(folder: Path) -> Optional[str]:
-    """The folder's tokenizer file, or the bundled tokenizer's name when the file is that one, byte for
-    byte (so a re-export of an imported model names the same tokenizer); None when there is none."""
+    """The folder's tokenizer file, or the bundled tokenizer's name when the file is that one (so an
+    imported model keeps the bundled tokenizer's name and fingerprint); None when there is none."""
     from ..tokenizer import BUNDLED_TOKENIZERS, bundled_tokenizer_path
 
     for name in TOKENIZER_FILES:
         path = folder / name
         if path.is_file():
-            digest = _sha256(path)
+            ident = _identity(path)
             for bundled in BUNDLED_TOKENIZERS:
                 ref = bundled_tokenizer_path(bundled)
-                if ref.is_file() and ref.stat().st_size == path.stat().st_size and _sha256(ref) == digest:
+                if ref.is_file() and _identity(ref) == ident:
                     return bundled
             return str(path)
     return None
