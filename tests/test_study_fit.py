@@ -2,6 +2,7 @@
 it (here a fake interpreter that only echoes), resuming from last.ckpt, and the final-step check."""
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -107,3 +108,20 @@ def test_instruct_needs_its_pretrained_checkpoint(cfg, tmp_path):
     assert fit.instruct(run) == "no val/loss logged"
     words = shlex.split((run.root / "command.txt").read_text())
     assert words[words.index("--model.init_args.bidirectional_prefix") + 1] == "true"
+
+
+def test_instruct_data_leaves_out_the_held_out_tasks(cfg, tmp_path):
+    from lightning_redllm.data.manifest import read_manifest
+
+    cfg["instruct"]["held_out_tasks"] = ["kjv_book_of_verse"]
+    fit = FitRunner(cfg)
+    assert fit.instruct_data() == "1033 train / 103 val examples, held out: kjv_book_of_verse"  # bundled: 1183 / 123
+    data = tmp_path / "out" / "runs" / "data"
+    for split, n in (("train", 1033), ("val", 103)):
+        rows = [json.loads(line) for line in (data / f"instruct-{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == n and "kjv_book_of_verse" not in {r["task_name"] for r in rows}
+        assert read_manifest(data / f"instruct-{split}")["totals"]["documents"] == n
+    cfg["instruct"]["held_out_tasks"] = ["kjv_book_of_verse", "kjv_verse_lookup", "jargon_definition",
+                                         "kjv_next_verse", "python_topic_intro"]
+    with pytest.raises(StudyError, match=r"instruct: no train examples left after holding out \['jargon_definition'"):
+        fit.instruct_data()
