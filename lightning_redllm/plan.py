@@ -20,26 +20,36 @@ ddp,  bf16-mixed / 32-true  4        4      8 / 4                               
 
 Why: Lightning's DeepSpeed bf16-mixed casts the module to bf16 and DeepSpeed keeps fp32 master
 weights inside its optimizer; under ZeRO-3 DeepSpeed accumulates gradients in the model dtype
-(bf16). Lightning's ModelParallelStrategy (our FSDP2) and DDP with bf16-mixed keep fp32 parameters
-and run the forward under ``torch.autocast``. Our FSDP mesh shards within a node and replicates
-across nodes (``modules.base._fsdp_mesh``), so FSDP states divide by GPUs per node only. ZeRO
-offload: ``optimizer`` moves master weights, optimizer state and fp32 gradients to CPU (the GPU
-keeps the bf16 parameter shard), ``optimizer+params`` moves the bf16 shard too. Our FSDP2 wrapper
-has no CPU offload, DDP none either.
+(bf16). Under Lightning's ModelParallelStrategy (our FSDP2) the sharded parameters, their gradients
+and the optimizer stay fp32; with bf16-mixed ``configure_model`` gives FSDP2 a bf16 ``param_dtype``
+(``parallel.precision_param_dtype``), so the all-gathered parameters the blocks compute with are
+bf16 and gradients are reduced in fp32. DDP with bf16-mixed keeps fp32 parameters and runs the
+forward under Lightning's autocast. Our FSDP mesh shards within a node and replicates across nodes
+(``modules.base._fsdp_mesh``), so FSDP states divide by GPUs per node only. ZeRO offload:
+``optimizer`` moves master weights, optimizer state and fp32 gradients to CPU (the GPU keeps the
+bf16 parameter shard), ``optimizer+params`` moves the bf16 shard too. Our FSDP2 wrapper has no CPU
+offload, DDP none either.
 
 Buffers besides the states: ZeRO-3 gathers the tied embedding for the whole forward (an external
-parameter of the model) plus the running layer and the prefetch/reduce buckets. Under autocast
-(fsdp, ddp with bf16-mixed) every block weight's bf16 cast sits in autocast's cache until the
-forward ends — FSDP2's unsharded parameters are leaf parameters too — so 2 B/param, unsharded,
-with or without activation checkpointing; FSDP2 also holds the running and prefetched blocks and
-the root (embedding) unsharded in fp32.
+parameter of the model) plus the running layer and the prefetch/reduce buckets. FSDP2 holds the
+running and the prefetched block unsharded (bf16 with bf16-mixed, else fp32), the running block's
+unsharded gradients (param dtype) and their fp32 copy for the reduce-scatter, and the root (tied
+embedding) unsharded from forward to backward with its gradient. Lightning runs autocast with
+``cache_enabled=False`` (``lightning.pytorch.plugins.precision.MixedPrecision``): no bf16 weight
+copy outlives the op that made it, except the copies a linear saves for backward — under DDP with
+bf16-mixed and no activation checkpointing a bf16 copy of every block weight (2 B/param,
+unsharded), counted with the activations (``ActivationBytes.weight_copies``); with checkpointing
+only the running block's copies exist. Under FSDP2 bf16 the linears save the gathered bf16
+parameters themselves, whose memory FSDP2 frees after the block and gathers again in backward.
 
 Activations (saved-for-backward bytes per token per block) are derived op by op in
-:func:`block_activation_bytes` for three precision modes: ``bf16`` (DeepSpeed: bf16 weights, no
-autocast), ``autocast`` (bf16-mixed with fp32 weights: FSDP, DDP) and ``fp32``. They are checked
-against a measurement of the tensors autograd saves (:func:`measure_saved_bytes`,
-``tests/test_plan.py``); the transient terms (fused-loss logits chunk, backward working set,
-strategy buffers, optimizer-step temporaries) come from reading the code and are not measured.
+:func:`block_activation_bytes` for three precision modes: ``bf16`` (bf16 weights: DeepSpeed's bf16
+module, FSDP2's bf16 all-gathered parameters), ``autocast`` (bf16-mixed with fp32 weights: DDP) and
+``fp32``. They are checked against a measurement of the tensors autograd saves
+(:func:`measure_saved_bytes`, ``tests/test_plan.py``, under the precision plugin Lightning itself
+picks, and FSDP2 for the fsdp figures); the transient terms (fused-loss logits chunk, backward
+working set, strategy buffers, optimizer-step temporaries) come from reading the code and are not
+measured.
 """
 from __future__ import annotations
 
@@ -70,10 +80,11 @@ RESERVE_FRAC = 0.05  # allocator fragmentation, as a share of the device
 
 # --------------------------------------------------------------------------- activations
 def activation_mode(strategy: str, precision: str) -> str:
-    """How tensors are typed during the forward: see the module docstring."""
+    """How tensors are typed during the forward: bf16 weights under ZeRO-3 (bf16 module) and FSDP2
+    (bf16 ``param_dtype``), fp32 weights under DDP's autocast; see the module docstring."""
     if precision == "32-true":
         return "fp32"
-    return "bf16" if strategy == "zero3" else "autocast"
+    return "autocast" if strategy == "ddp" else "bf16"
 
 
 def _act(mode: str) -> int:
@@ -160,10 +171,12 @@ class ActivationBytes:
     model: int            # outside the blocks: ids, RoPE tables, final norms, the loss's dL/dhidden
     loss_grad_w: int      # the loss's dL/dW (vocab x d_model), once per micro-batch
     largest_block: int    # one block's full saved tensors (the recompute unit)
+    weight_copies: int = 0  # casts of weights saved for backward, once per micro-batch (no checkpointing):
+    #                         autocast's bf16 block matmul weights, bf16 mode's fp32 RMSNorm scales
 
     @property
     def saved(self) -> int:
-        return self.blocks + self.model + self.loss_grad_w
+        return self.blocks + self.model + self.loss_grad_w + self.weight_copies
 
 
 def saved_activation_bytes(cfg: ModelConfig, mode: str, *, batch: int, seq_len: int,
@@ -201,18 +214,47 @@ def saved_activation_bytes(cfg: ModelConfig, mode: str, *, batch: int, seq_len: 
         # ids of both lookups, RoPE tables for encoder self, decoder and cross-attention keys
         model = 8 * (s + t) + rope * (2 * s + t) + final_norm * (s + t) + enc_out + hidden * c * t
     grad_w = cfg.vocab_size * c * (2 if mode == "bf16" else 4)
+    copies = weight_copy_bytes(cfg, mode, checkpointing=checkpointing)
     return ActivationBytes(blocks=batch * blocks, model=batch * model, loss_grad_w=grad_w,
-                           largest_block=batch * largest)
+                           largest_block=batch * largest, weight_copies=copies)
+
+
+def weight_copy_bytes(cfg: ModelConfig, mode: str, *, checkpointing: bool = False, block: bool = False) -> int:
+    """Casts of weights one forward saves for backward (``block``: those of the largest block, made
+    again when it is recomputed). Under autocast (fp32 weights) each block linear saves the bf16
+    cast of its weight, made anew at every call (Lightning's autocast runs with the cast cache off);
+    in bf16 mode each learned RMSNorm saves an fp32 copy of its scale. With checkpointing the
+    blocks' casts are not kept (only the final norms', outside the blocks). The tied embedding is
+    not saved: the fused loss keeps dL/dW instead, and its per-chunk cast is a transient
+    (:func:`loss_transient_bytes`)."""
+    cross = cfg.family == "redllm"
+    if mode == "autocast":
+        if block:
+            return 2 * _block_params(cfg, cross=cross)[0]
+        return 0 if checkpointing else 2 * _all_block_matmul_params(cfg)
+    if mode == "bf16":
+        if block:
+            return 4 * _block_params(cfg, cross=cross)[1]
+        final = 4 * cfg.d_model * (2 if cross else 1)
+        if checkpointing:
+            return final
+        if cfg.family == "decllm":
+            return final + 4 * cfg.n_layers * _block_params(cfg)[1]
+        return final + 4 * (cfg.n_encoder_layers * _block_params(cfg)[1]
+                            + cfg.n_decoder_layers * _block_params(cfg, True)[1])
+    return 0
 
 
 def loss_transient_bytes(cfg: ModelConfig, mode: str, loss_tokens: int) -> int:
     """Peak extra memory inside the fused loss's forward (``nn.loss._chunked_loss``): fp32 logits of
     one chunk, the (logits - lse) temporary and the probabilities (12 B x chunk x vocab); with more
     than one chunk the previous chunk's logits and probabilities are still referenced while the
-    next bf16 product is cast (+2 B); in bf16 mode the fp32 dL/dW accumulator (4 B x vocab x d)."""
+    next bf16 product is cast (+2 B); in bf16 mode the fp32 dL/dW accumulator (4 B x vocab x d);
+    under autocast the bf16 cast of the fp32 tied matrix that each chunk's matmul makes (2 B x vocab
+    x d; no cast cache, so it is freed after the chunk)."""
     chunk = min(cfg.loss_chunk_tokens, loss_tokens)
     per = 12 + (2 if _act(mode) == 2 and loss_tokens > chunk else 0)
-    acc = 4 * cfg.vocab_size * cfg.d_model if mode == "bf16" else 0
+    acc = {"bf16": 4, "autocast": 2, "fp32": 0}[mode] * cfg.vocab_size * cfg.d_model
     return chunk * cfg.vocab_size * per + acc
 
 
@@ -220,11 +262,13 @@ def activation_peak_bytes(cfg: ModelConfig, mode: str, *, batch: int, seq_len: i
                           prefix_len: Optional[int] = None, checkpointing: bool = False) -> int:
     """Saved tensors plus the larger of two transients: the fused loss at the end of the forward,
     or in backward the working set of one block (its gradient temporaries, taken as large as its
-    saved tensors; with checkpointing also its recomputed activations)."""
+    saved tensors; with checkpointing also its recomputed activations and weight casts)."""
     act = saved_activation_bytes(cfg, mode, batch=batch, seq_len=seq_len, prefix_len=prefix_len,
                                  checkpointing=checkpointing)
     loss = loss_transient_bytes(cfg, mode, batch * _tokens(cfg, seq_len, prefix_len)[1])
     backward = act.largest_block * (2 if checkpointing else 1)
+    if checkpointing:
+        backward += weight_copy_bytes(cfg, mode, block=True)
     return act.saved + max(loss, backward)
 
 
@@ -260,7 +304,7 @@ class ModelStates:
     params: int
     grads: int
     optimizer: int
-    buffers: int          # gathered/unsharded parameters, gradient buckets, autocast weight copies
+    buffers: int          # gathered/unsharded parameters and gradients, gradient buckets
     step_extra: int       # optimizer-step temporaries (activations are freed by then)
     cpu_per_node: int
     notes: list[str] = field(default_factory=list)
@@ -318,20 +362,21 @@ def model_state_bytes(cfg: ModelConfig, *, strategy: str, precision: str = "bf16
         params, grads, opt = 4 * shard, 4 * shard, m_state * shard
         cpu = 0
         step_extra = opt_tmp * (-(-emb // n))          # per parameter tensor: the largest is the embedding
-        # autocast caches the bf16 cast of every leaf fp32 weight until the forward ends (FSDP2's
-        # unsharded parameters are leaves too), and without checkpointing the linears also save
-        # them for backward: a bf16 copy of every block weight, unsharded, either way
-        copies = 2 * _all_block_matmul_params(cfg) if mixed else 0
         if strategy == "fsdp":
-            # unsharded fp32: running block + prefetched next + its unsharded grads; the root
-            # (tied embedding) stays unsharded from forward to backward, and its unsharded grad
-            buffers = 3 * 4 * block + 2 * 4 * emb + copies
+            # unsharded in the param dtype (bf16 with bf16-mixed): the running block, the prefetched
+            # next one and the running block's gradients, plus the fp32 reduce-scatter input they
+            # are copied into under bf16; the root (tied embedding) stays unsharded from forward to
+            # backward, with its unsharded gradient (and that gradient's fp32 reduce-scatter input)
+            pb = 2 if mixed else 4
+            reduce_copy = 4 if mixed else 0
+            buffers = (3 * pb + reduce_copy) * block + (2 * pb + reduce_copy) * emb
             if mixed:
-                notes.append("FSDP2 + autocast keeps an unsharded bf16 copy of every block weight through the forward "
-                             "(autocast's cast cache; 2 B/param, with or without checkpointing); "
-                             "shard_model(param_dtype=torch.bfloat16) would avoid it")
+                notes.append("FSDP2 bf16-mixed: bf16 all-gathers and compute (param_dtype from the trainer's precision), "
+                             "fp32 sharded parameters, gradients and gradient reduction")
         else:
-            buffers = copies  # gradient_as_bucket_view=True: gradients live in DDP's buckets
+            # gradient_as_bucket_view=True: gradients live in DDP's buckets; autocast's weight casts
+            # are counted with the activations (saved for backward only without checkpointing)
+            buffers = 0
     return ModelStates(params=params, grads=grads, optimizer=opt, buffers=buffers, step_extra=step_extra,
                        cpu_per_node=cpu, notes=notes)
 
@@ -399,7 +444,7 @@ def plan_rows(cfg: ModelConfig, *, strategy: str, gpus: int, nodes: int, gpu_mem
                 "param_bytes": st.params, "grad_bytes": st.grads, "optimizer_bytes": st.optimizer,
                 "buffer_bytes": st.buffers, "step_extra_bytes": st.step_extra, "cpu_bytes_per_node": st.cpu_per_node,
                 "activation_bytes_per_seq": per_seq.blocks + per_seq.model,
-                "activation_bytes_fixed": per_seq.loss_grad_w,
+                "activation_bytes_fixed": per_seq.loss_grad_w + per_seq.weight_copies,
                 "max_micro_batch": best,
                 "peak_bytes": total(best) if best else total(1),
                 "step_peak_bytes": st.persistent + st.step_extra,
@@ -439,11 +484,13 @@ def format_markdown(rows: list[dict[str, Any]], *, reserve_gib: float = RESERVE_
               f"budget {_gib(r0['budget_bytes'])} GiB.",
               "Bytes/param: zero3 bf16 = 2 param + 2 grad + 12 AdamW (fp32 master, m, v) or 8 Adafactor (master, v), "
               "sharded over all GPUs; fsdp/ddp = 4 + 4 + 8 (AdamW) or 4 (Adafactor), fsdp sharded per node.",
-              "act./seq: tensors saved for backward per sequence (+ the loss's dL/dW once per micro-batch); the "
-              "peak adds the fused-loss chunk or one block's recompute and gradient working set.",
+              "act./seq: tensors saved for backward per sequence (+ once per micro-batch the loss's dL/dW and the "
+              "weight casts saved for backward: ddp's bf16 block weights without checkpointing); the peak adds "
+              "the fused-loss chunk or one block's recompute and gradient working set.",
               "peak @ max: the modeled memory at that micro-batch, before the reserve.",
-              "buffers: gathered params and gradient buckets (zero3), unsharded block/root (fsdp), autocast bf16 "
-              "weight copies (fsdp/ddp). step peak: states + fp32 grads + optimizer temporaries."]
+              "buffers: gathered params and gradient buckets (zero3), unsharded blocks/root and their gradients "
+              "(fsdp); autocast's bf16 weight casts (ddp, no checkpointing) count as activations. "
+              "step peak: states + fp32 grads + optimizer temporaries."]
     for note in sorted({n for r in rows for n in r["notes"]}):
         lines.append(f"Note: {note}.")
     return "\n".join(lines)
@@ -454,15 +501,24 @@ _PARAM_VIEWS = {"ToCopyBackward0", "TBackward0", "TransposeBackward0", "ViewBack
                 "PermuteBackward0", "ExpandBackward0", "AliasBackward0"}
 
 
-def _param_copy(t) -> bool:
-    """A cast/view chain ending at a parameter (autocast's bf16 weights, RMSNorm's fp32 weight)."""
+def _saved_kind(t) -> str:
+    """What a saved tensor is: ``parameters`` (a parameter or a view of one -- also FSDP2's gathered
+    parameters, which are leaf ``nn.Parameter`` objects that ``model.parameters()`` does not list),
+    ``weight_copies`` (a cast of a parameter: autocast's bf16 weights, RMSNorm's fp32 scale) or
+    ``activations`` (everything else)."""
     fn = t.grad_fn
-    while fn is not None and type(fn).__name__ in _PARAM_VIEWS:
+    if fn is None:
+        return "parameters" if (t.is_leaf and t.requires_grad) else "activations"
+    cast = False
+    while type(fn).__name__ in _PARAM_VIEWS:
+        cast = cast or type(fn).__name__ == "ToCopyBackward0"
         nxt = [f for f, _ in fn.next_functions if f is not None]
         if len(nxt) != 1:
-            return False
+            return "activations"
         fn = nxt[0]
-    return fn is not None and type(fn).__name__ == "AccumulateGrad"
+    if type(fn).__name__ != "AccumulateGrad":
+        return "activations"
+    return "weight_copies" if cast else "parameters"
 
 
 def measure_saved_bytes(model, forward: Callable[[], Any], block_type: Optional[type] = None) -> dict[str, int]:
@@ -472,24 +528,26 @@ def measure_saved_bytes(model, forward: Callable[[], Any], block_type: Optional[
     and ``parameters`` (storages of the parameters themselves). With checkpointed blocks the saved
     tensors inside them are hidden by torch's own hooks; pass ``block_type`` to add the tensors each
     block receives as inputs (what checkpointing keeps alive), found by a forward pre-hook.
+    Storages are told apart by identity, not address: under FSDP2 a block's gathered parameters are
+    freed after it runs, and their address may be reused by a later activation.
     """
     import torch
 
     from .nn import AttentionInputs
 
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
     seen: dict[int, tuple[int, str]] = {}
-    keep = []  # hold every counted tensor so no storage address is reused during the forward
+    keep = []  # hold every counted tensor so no storage is freed (and its identity reused) during the forward
 
     def record(t) -> None:
         if not isinstance(t, torch.Tensor) or t.device.type == "meta":
             return
         st = t.untyped_storage()
-        ptr = st.data_ptr()
-        if ptr in seen or st.nbytes() == 0:
+        key = st._cdata
+        if key in seen or st.nbytes() == 0:
             return
-        kind = "parameters" if ptr in params else "weight_copies" if _param_copy(t) else "activations"
-        seen[ptr] = (st.nbytes(), kind)
+        kind = "parameters" if key in params else _saved_kind(t)
+        seen[key] = (st.nbytes(), kind)
         keep.append(t)
 
     def pack(t):
@@ -568,5 +626,6 @@ def plan_main(argv: Sequence[str]) -> int:
 
 
 __all__ = ["activation_mode", "block_activation_bytes", "cross_kv_activation_bytes", "saved_activation_bytes",
+           "weight_copy_bytes",
            "activation_peak_bytes", "loss_transient_bytes", "model_state_bytes", "deepspeed_estimate",
            "plan_rows", "format_markdown", "measure_saved_bytes", "plan_main", "ActivationBytes", "ModelStates"]

@@ -3,6 +3,7 @@ counts per strategy, the micro-batch search, DeepSpeed's estimator column and th
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
 import sys
@@ -14,10 +15,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lightning_redllm.config import ModelConfig, num_parameters
 from lightning_redllm.models import build_model
 from lightning_redllm.nn import Block
-from lightning_redllm.parallel import apply_activation_checkpointing
-from lightning_redllm.plan import (GiB, activation_peak_bytes, block_activation_bytes, cross_kv_activation_bytes,
-                                   deepspeed_estimate, measure_saved_bytes, model_state_bytes, plan_main, plan_rows,
-                                   saved_activation_bytes)
+from lightning_redllm.parallel import apply_activation_checkpointing, precision_param_dtype, shard_model
+from lightning_redllm.plan import (GiB, activation_mode, activation_peak_bytes, block_activation_bytes,
+                                   cross_kv_activation_bytes, deepspeed_estimate, measure_saved_bytes,
+                                   model_state_bytes, plan_main, plan_rows, saved_activation_bytes,
+                                   weight_copy_bytes)
 
 B, SEQ, PREFIX = 2, 48, 20  # RedLLM: 20 encoder + 28 decoder tokens (unequal, so S/T mix-ups show)
 
@@ -37,15 +39,52 @@ def _cfg(family: str, **kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
+@functools.lru_cache(maxsize=None)
+def _lightning_trainer(strategy: str, precision: str):
+    """The Trainer Lightning builds for this strategy and precision (CPU, one device): its precision
+    plugin is the one a real run trains under (``MixedPrecision`` runs autocast with the cast cache
+    off), and ``configure_model`` reads ``trainer.precision``."""
+    import lightning as L
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False,
+                     strategy=ModelParallelStrategy() if strategy == "fsdp" else "auto")
+
+
+@contextlib.contextmanager
+def _one_rank_process_group():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def _measure(cfg: ModelConfig, mode: str, checkpointing: bool = False, backend=SDPBackend.FLASH_ATTENTION):
-    """Measured saved bytes of one forward with labels. ``backend``: the CPU flash kernel saves what
-    CUDA's flash kernel saves (q, k, v, output, fp32 logsumexp); the default forces it so a silent
-    fallback to the math path (which keeps the T x S probabilities) fails loudly instead."""
+    """Measured saved bytes of one forward with labels. ``mode``: ``bf16`` (the module in bf16, no
+    autocast: what DeepSpeed's engine does under bf16-mixed; Lightning's DeepSpeed plugin adds no
+    autocast), ``autocast`` (fp32 weights under the precision plugin Lightning picks for bf16-mixed:
+    DDP), ``fp32``, or ``fsdp`` (FSDP2 as ``configure_model`` applies it under ModelParallelStrategy
+    with bf16-mixed, on a one-rank gloo group, under that strategy's Lightning precision plugin).
+    ``backend``: the CPU flash kernel saves what CUDA's flash kernel saves (q, k, v, output, fp32
+    logsumexp); the default forces it so a silent fallback to the math path (which keeps the T x S
+    probabilities) fails loudly instead."""
     model = build_model(cfg)
     model.init_weights()
+    group = contextlib.nullcontext()
+    amp = contextlib.nullcontext()
     if mode == "bf16":
         model = model.to(torch.bfloat16)
-    if checkpointing:
+    elif mode == "autocast":
+        amp = _lightning_trainer("ddp", "bf16-mixed").strategy.precision_plugin.train_step_context()
+    elif mode == "fsdp":
+        trainer = _lightning_trainer("fsdp", "bf16-mixed")
+        amp = trainer.strategy.precision_plugin.train_step_context()
+        group = _one_rank_process_group()
+    if checkpointing and mode != "fsdp":
         apply_activation_checkpointing(model)
     g = torch.Generator().manual_seed(0)
     ids = lambda n: torch.randint(0, cfg.vocab_size, (B, n), generator=g)  # noqa: E731
@@ -55,25 +94,30 @@ def _measure(cfg: ModelConfig, mode: str, checkpointing: bool = False, backend=S
     else:
         args = (ids(PREFIX), ids(SEQ - PREFIX), ids(SEQ - PREFIX))
         run = lambda: model(args[0], args[1], labels=args[2])  # noqa: E731
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "autocast" else contextlib.nullcontext()
-    with sdpa_kernel([backend]), amp:
-        return measure_saved_bytes(model, run, block_type=Block if checkpointing else None)
+    with group:
+        if mode == "fsdp":
+            shard_model(model, param_dtype=precision_param_dtype(trainer.precision), activation_checkpointing=checkpointing)
+        with sdpa_kernel([backend]), amp:
+            return measure_saved_bytes(model, run, block_type=Block if checkpointing else None)
 
 
 def _formula(cfg, mode, checkpointing=False):
     # CPU's flash kernel returns (B, H, T, D): DecLLM's o_proj then saves a copy CUDA does not make
     return saved_activation_bytes(cfg, mode, batch=B, seq_len=SEQ, prefix_len=PREFIX, checkpointing=checkpointing,
-                                  sdpa_output_view=False).saved
+                                  sdpa_output_view=False)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["no_ckpt", "ckpt"])
-@pytest.mark.parametrize("mode", ["bf16", "autocast", "fp32"])
+@pytest.mark.parametrize("mode", ["bf16", "autocast", "fp32", "fsdp"])
 @pytest.mark.parametrize("family", ["decllm", "redllm"])
 def test_activation_formula_matches_saved_tensors(family, mode, checkpointing):
+    """Everything saved for backward but the parameters themselves: activations and weight casts.
+    FSDP2 with bf16-mixed is the planner's ``bf16`` mode (what ``activation_mode`` says)."""
     cfg = _cfg(family)
-    measured = _measure(cfg, mode, checkpointing)["activations"]
-    formula = _formula(cfg, mode, checkpointing)
-    assert abs(measured - formula) <= TOL, (family, mode, checkpointing, measured, formula)
+    measured = _measure(cfg, mode, checkpointing)
+    formula = _formula(cfg, activation_mode("fsdp", "bf16-mixed") if mode == "fsdp" else mode, checkpointing)
+    assert abs(measured["activations"] - (formula.saved - formula.weight_copies)) <= TOL, (measured, formula)
+    assert measured["weight_copies"] == formula.weight_copies, (measured, formula)
 
 
 @pytest.mark.parametrize("mode", ["bf16", "autocast", "fp32"])
@@ -91,40 +135,53 @@ def test_block_terms_exactly_one_layer_apart(mode):
 
 
 def test_weight_copies_saved_by_autocast_and_bf16_norms():
-    """Autocast saves a bf16 copy of every block matmul weight (what the planner charges FSDP/DDP
-    without checkpointing); pure bf16 saves fp32 copies of the RMSNorm scales; fp32 none."""
+    """Lightning's autocast saves a bf16 copy of every block matmul weight when the blocks are not
+    checkpointed; pure bf16 saves fp32 copies of the RMSNorm scales; fp32 none; FSDP2 with its bf16
+    parameter policy none of the matmul weights (its linears save the gathered bf16 parameters)."""
     cfg = _cfg("redllm")
     model = build_model(cfg)
     norms = sum(p.numel() for n, p in model.named_parameters() if n.endswith("norm.weight"))
     mats = sum(p.numel() for n, p in model.named_parameters() if n.endswith("proj.weight"))
-    assert _measure(cfg, "autocast")["weight_copies"] == 2 * mats
-    assert _measure(cfg, "bf16")["weight_copies"] == 4 * norms
+    assert _measure(cfg, "autocast")["weight_copies"] == 2 * mats == weight_copy_bytes(cfg, "autocast")
+    assert _measure(cfg, "autocast", checkpointing=True)["weight_copies"] == 0  # recomputed in backward instead
+    assert _measure(cfg, "bf16")["weight_copies"] == 4 * norms == weight_copy_bytes(cfg, "bf16")
+    assert _measure(cfg, "fsdp")["weight_copies"] == 4 * norms
     assert _measure(cfg, "fp32")["weight_copies"] == 0
 
 
-def test_autocast_caches_casts_of_fsdp2_style_parameters():
-    """Why fsdp/ddp buffers hold a bf16 copy of every block weight even with checkpointing: autocast
-    caches the cast of a leaf fp32 parameter for the whole forward, and FSDP2's unsharded parameter
-    is such a leaf (an ``nn.Parameter`` over a view of the all-gather buffer)."""
+def test_lightning_autocast_keeps_no_weight_cast_cache():
+    """Why neither fsdp nor ddp holds a bf16 copy of every weight through the forward: Lightning's
+    autocast runs with ``cache_enabled=False``, so the same fp32 parameter used twice is cast twice
+    (a cached cast would be one storage, reused) and nothing keeps a cast once its op is done."""
     lin = torch.nn.Linear(8, 8, bias=False)
-    lin.weight = torch.nn.Parameter(torch.as_strided(torch.empty(100), (8, 8), (8, 1), 0))
     x = torch.randn(2, 8, requires_grad=True)
     casts = []
 
     def pack(t):
         if t.dtype == torch.bfloat16 and t.shape == (8, 8):
-            casts.append(t.untyped_storage().data_ptr())
+            casts.append(t.untyped_storage()._cdata)
         return t
 
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    amp = _lightning_trainer("fsdp", "bf16-mixed").strategy.precision_plugin.train_step_context()
+    with amp, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         lin(x), lin(x)
-    assert len(casts) == 2 and casts[0] == casts[1]  # one cached copy, reused
+    assert len(casts) == 2 and casts[0] != casts[1]
     cfg = ModelConfig.from_name("decllm-8b")
     mats = cfg.n_layers * (4 * cfg.d_model ** 2 + 3 * cfg.d_model * cfg.ffn_dim)
+    block = 4 * cfg.d_model ** 2 + 3 * cfg.d_model * cfg.ffn_dim
+    emb = cfg.vocab_size * cfg.d_model
+    # FSDP2 bf16: running + prefetched block and the running block's gradient in bf16 (2 B each) + the
+    # gradient's fp32 reduce-scatter input; the root's bf16 embedding and its gradient (+ fp32 copy)
     fsdp = model_state_bytes(cfg, strategy="fsdp", gpus=8)
-    assert fsdp.buffers >= 2 * mats
-    assert model_state_bytes(cfg, strategy="ddp", gpus=8).buffers == 2 * mats
-    assert model_state_bytes(cfg, strategy="ddp", gpus=8, precision="32-true").buffers == 0
+    assert fsdp.buffers == (3 * 2 + 4) * (block + 2 * cfg.d_model) + (2 * 2 + 4) * emb
+    assert fsdp.buffers < mats  # the former figure charged 2 B x every block weight on top
+    assert model_state_bytes(cfg, strategy="fsdp", gpus=8, precision="32-true").buffers == \
+        3 * 4 * (block + 2 * cfg.d_model) + 2 * 4 * emb
+    assert model_state_bytes(cfg, strategy="ddp", gpus=8).buffers == 0
+    ddp = dict(batch=1, seq_len=2048)
+    assert saved_activation_bytes(cfg, "autocast", **ddp).weight_copies == 2 * mats
+    assert saved_activation_bytes(cfg, "autocast", checkpointing=True, **ddp).weight_copies == 0
+    assert activation_mode("fsdp", "bf16-mixed") == "bf16" and activation_mode("ddp", "bf16-mixed") == "autocast"
 
 
 def test_math_attention_exceeds_the_flash_formula():
@@ -134,7 +191,7 @@ def test_math_attention_exceeds_the_flash_formula():
     cfg = _cfg("decllm")
     math = _measure(cfg, "fp32", backend=SDPBackend.MATH)["activations"]
     probs = cfg.n_layers * B * cfg.n_heads * SEQ * SEQ * 4
-    assert math - _formula(cfg, "fp32") > probs / 2
+    assert math - _formula(cfg, "fp32").saved > probs / 2
 
 
 def test_checkpointing_cuts_activations_and_grows_with_depth():
