@@ -580,6 +580,18 @@ def measure_saved_bytes(model, forward: Callable[[], Any], block_type: Optional[
 
 
 # --------------------------------------------------------------------------- CLI
+def parse_offloads(text: str) -> tuple[str, ...]:
+    """``--offload`` as given: one value or a comma-separated list (``all`` = every choice), in
+    order, without repeats."""
+    out: list[str] = []
+    for item in (x.strip() for x in text.split(",")):
+        if item not in OFFLOADS + ("all",):
+            raise ValueError(f"--offload: {item!r} is not one of {', '.join(OFFLOADS + ('all',))} "
+                             f"(one value or a comma-separated list, e.g. --offload none,optimizer); got {text!r}")
+        out += [o for o in (OFFLOADS if item == "all" else (item,)) if o not in out]
+    return tuple(out)
+
+
 def plan_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m lightning_redllm plan",
@@ -596,8 +608,9 @@ def plan_main(argv: Sequence[str]) -> int:
     p.add_argument("--prefix-len", type=int, default=None, help="RedLLM encoder tokens (default: half)")
     p.add_argument("--precision", default="bf16-mixed", choices=PRECISIONS)
     p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
-    p.add_argument("--offload", default=None, choices=OFFLOADS + ("all",),
-                   help="ZeRO-3 offload (default: all three for zero3, none otherwise)")
+    p.add_argument("--offload", default=None, metavar="{" + ",".join(OFFLOADS + ("all",)) + "}[,...]",
+                   help="ZeRO-3 offload: one value or a comma-separated list, one table row each "
+                        "(e.g. none,optimizer; default: all three for zero3, none otherwise)")
     p.add_argument("--activation-checkpointing", default="both", choices=("on", "off", "both"))
     p.add_argument("--reserve-gib", type=float, default=RESERVE_GIB, help="fixed reserve per GPU")
     p.add_argument("--reserve-frac", type=float, default=RESERVE_FRAC, help="reserve as a share of --gpu-mem")
@@ -608,8 +621,7 @@ def plan_main(argv: Sequence[str]) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.gpu_mem <= 0 or a.reserve_gib < 0 or not 0 <= a.reserve_frac < 1:
         raise ValueError("--gpu-mem must be > 0, --reserve-gib >= 0 and --reserve-frac in [0, 1)")
-    offload = a.offload or ("all" if a.strategy == "zero3" else "none")
-    offloads = OFFLOADS if offload == "all" else (offload,)
+    offloads = parse_offloads(a.offload or ("all" if a.strategy == "zero3" else "none"))
     ckpts = {"off": (False,), "on": (True,), "both": (False, True)}[a.activation_checkpointing]
     rows = []
     for name in a.model:
@@ -628,4 +640,5 @@ def plan_main(argv: Sequence[str]) -> int:
 __all__ = ["activation_mode", "block_activation_bytes", "cross_kv_activation_bytes", "saved_activation_bytes",
            "weight_copy_bytes",
            "activation_peak_bytes", "loss_transient_bytes", "model_state_bytes", "deepspeed_estimate",
-           "plan_rows", "format_markdown", "measure_saved_bytes", "plan_main", "ActivationBytes", "ModelStates"]
+           "plan_rows", "format_markdown", "measure_saved_bytes", "parse_offloads", "plan_main", "ActivationBytes",
+           "ModelStates"]

@@ -287,3 +287,17 @@ def test_cli_user_error_is_one_line(capsys):
     assert main(["plan", "--model", "decllm-8b", "--strategy", "fsdp", "--offload", "optimizer"]) != 0
     err = capsys.readouterr().err.strip()
     assert "--offload optimizer is a DeepSpeed ZeRO-3 option" in err and "Traceback" not in err
+
+
+def test_cli_offload_takes_the_readme_list():
+    """The README's spelling ``--offload none,optimizer`` (issue 18 item 5): one row per listed value,
+    in order; an unknown value is one line naming the flag and the value, not argparse's usage dump."""
+    base = [sys.executable, "-m", "lightning_redllm", "plan", "--model", "decllm-1b", "--strategy", "zero3",
+            "--activation-checkpointing", "on"]
+    res = subprocess.run(base + ["--offload", "none,optimizer", "--json"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert [r["offload"] for r in json.loads(res.stdout)] == ["none", "optimizer"]
+    bad = subprocess.run(base + ["--offload", "none,gpu"], capture_output=True, text=True, timeout=120)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode != 0 and bad.stdout == "" and len(lines) == 1, bad.stderr
+    assert "--offload" in lines[0] and "'gpu'" in lines[0] and "none,optimizer" in lines[0]
