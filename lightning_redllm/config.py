@@ -172,6 +172,12 @@ def num_parameters(cfg: ModelConfig) -> int:
     return emb + cfg.n_encoder_layers * block + cfg.n_decoder_layers * dec_block + 2 * norm
 
 
+def non_embedding_parameters(cfg: ModelConfig) -> int:
+    """:func:`num_parameters` without the (tied) embedding matrix: the N of scaling laws (Kaplan et al.
+    2020 count non-embedding parameters; at small sizes the embedding would dominate the count)."""
+    return num_parameters(cfg) - cfg.vocab_size * cfg.d_model
+
+
 def forward_flops_per_sequence(cfg: ModelConfig, seq_len: int, prefix_len: Optional[int] = None) -> int:
     """Matmul FLOPs (2 per multiply-add) of one forward pass over one training sequence.
 
@@ -222,6 +228,7 @@ __all__ = [
     "PRESETS",
     "FAMILIES",
     "num_parameters",
+    "non_embedding_parameters",
     "forward_flops_per_sequence",
     "training_flops_per_sequence",
     "training_flops_per_token",

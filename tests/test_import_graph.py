@@ -94,11 +94,12 @@ def test_no_import_cycles_in_the_package():
 STUDY = "lightning_redllm.study"
 #: the study's modules, bottom floor first: each may import only from floors below its own
 STUDY_FLOORS = [
-    ["config"],
-    ["files", "plan"],
+    ["config", "paired"],
+    ["files", "plan", "findings"],
     ["runner", "scoring", "report", "evaluations.context"],
     ["fit", "evaluations.efficiency", "evaluations.extrapolation", "evaluations.instruct",
-     "evaluations.lm_eval_tasks", "evaluations.perplexity", "evaluations.scaling"],
+     "evaluations.lm_eval_tasks", "evaluations.perplexity", "evaluations.scaling", "evaluations.zero_shot",
+     "evaluations.ablations"],
     ["evaluations", "report_stage"],
     ["driver"],
     ["command"],

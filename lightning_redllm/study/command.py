@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .config import load_study_config
 from .driver import Study
-from .plan import format_plan
+from .plan import format_budgets, format_plan
 
 
 def study_main(argv: Sequence[str]) -> int:
@@ -44,6 +44,9 @@ def study_main(argv: Sequence[str]) -> int:
     if a.dry_run:
         names = [stage for stage, _ in study.stages]
         print(format_plan(names, [bool(study.done(s)) for s in names]))
+        budgets = format_budgets(cfg)
+        if budgets:
+            print(budgets)
         return 0
     if a.redo:
         study.redo(a.redo)

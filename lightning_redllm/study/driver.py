@@ -1,4 +1,5 @@
-"""The driver: a study is its plan, run stage by stage: training runs, then evaluations, then the report."""
+"""The driver: a study is its plan, run stage by stage: training runs (pretraining, ablations, instruction
+tuning), then evaluations, then the report."""
 from __future__ import annotations
 
 import os
@@ -33,6 +34,8 @@ class Study:
         """What a stage of the plan does."""
         if stage.action == "pretrain":
             return lambda: self.fit.pretrain(stage.run)
+        if stage.action == "ablation":
+            return lambda: self.fit.ablation(stage.run)
         if stage.action == "instruct_data":
             return self.fit.instruct_data
         if stage.action == "instruct":
@@ -69,8 +72,11 @@ class Study:
     def tuned(self) -> list[Run]:
         return self.ctx.tuned
 
-    def pretrain_args(self, fam: str, size: Size) -> tuple[Path, list[str], list[str]]:
-        return self.fit.pretrain_args(fam, size)
+    def pretrain_args(self, fam: str, size: Size, seed: Optional[int] = None) -> tuple[Path, list[str], list[str]]:
+        return self.fit.pretrain_args(fam, size, seed)
 
-    def instruct_args(self, variant: str, size: Size) -> tuple[Path, list[str], list[str]]:
-        return self.fit.instruct_args(variant, size)
+    def instruct_args(self, variant: str, size: Size, seed: Optional[int] = None) -> tuple[Path, list[str], list[str]]:
+        return self.fit.instruct_args(variant, size, seed)
+
+    def ablation_args(self, arm: str, size: Size, seed: Optional[int] = None) -> tuple[Path, list[str], list[str]]:
+        return self.fit.ablation_args(arm, size, seed)

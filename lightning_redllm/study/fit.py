@@ -2,7 +2,10 @@
 
 A run's command line is the stage's recipes (``configs``) in order, then ``model/<family>-<preset>``
 (it sets the class), the size's and the stage's ModelConfig overrides, then the stage's ``args``
-(dotted flags), then ``--trainer.default_root_dir <run folder>``. A run folder that already holds
+(dotted flags), the size's budget (``--trainer.max_steps``, ``--model.init_args.lr``; see
+``plan.size_budgets``), the run's seed (``--seed_everything`` and ``--data.init_args.seed``: the same
+for both families of a pair, so they start from the same seed and see the same batches), an
+ablation's own ``args`` last, then ``--trainer.default_root_dir <run folder>``. A run folder that already holds
 ``checkpoints/last.ckpt`` (a run killed mid-way) continues from it with ``--ckpt_path last``. The
 command is written to ``command.txt`` and its output appended to ``fit.log``; afterwards
 ``last.ckpt`` must hold the final step, because every later stage reads it.
@@ -14,11 +17,13 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .config import VARIANTS, Size, StudyError, args_list
-from .plan import Run, run_dir
+from .config import ABLATIONS, VARIANTS, Size, StudyError, args_list
+from .files import write_json_atomic
+from .plan import Run, run_dir, run_label, size_budgets
 
 
 class FitRunner:
@@ -39,26 +44,48 @@ class FitRunner:
             args += ["--model.init_args.overrides", json.dumps(overrides)]
         return args
 
-    def pretrain_args(self, fam: str, size: Size) -> tuple[Path, list[str], list[str]]:
+    @staticmethod
+    def seed_args(seed: Optional[int]) -> list[str]:
+        """The run's seed for the initialization and for the data order (none without study seeds)."""
+        return [] if seed is None else ["--seed_everything", str(seed), "--data.init_args.seed", str(seed)]
+
+    def budget_args(self, size: Size) -> list[str]:
+        b = size_budgets(self.cfg)[size.name]
+        return ([] if b.max_steps is None else ["--trainer.max_steps", str(b.max_steps)]) + \
+            ([] if b.lr is None else ["--model.init_args.lr", str(b.lr)])
+
+    def pretrain_args(self, fam: str, size: Size, seed: Optional[int] = None,
+                      extra_overrides: Optional[dict] = None) -> tuple[Path, list[str], list[str]]:
         """(run folder, recipes, extra CLI words) of one pretraining run."""
         st = self.cfg["pretrain"]
         # the model recipe goes after the stage recipes (it sets the class); overrides after it
-        return (run_dir(self.cfg, "pretrain", f"{fam}-{size.name}"), list(st.get("configs") or []),
-                [*self.model_args(fam, size, stage=st), *args_list(st.get("args"))])
+        return (run_dir(self.cfg, "pretrain", run_label(fam, size, seed)), list(st.get("configs") or []),
+                [*self.model_args(fam, size, extra_overrides, stage=st), *args_list(st.get("args")),
+                 *self.budget_args(size), *self.seed_args(seed)])
 
-    def instruct_args(self, variant: str, size: Size) -> tuple[Path, list[str], list[str]]:
-        """(run folder, recipes, extra CLI words) of one instruction-tuning run."""
+    def ablation_args(self, arm: str, size: Size, seed: Optional[int] = None) -> tuple[Path, list[str], list[str]]:
+        """(run folder, recipes, extra CLI words) of one ablation run: the pretraining run of its family with
+        the arm's ModelConfig overrides, then the ablation's ``args`` (they win: later flags override)."""
+        name = next(n for n, arms in ABLATIONS.items() if arm in arms)
+        fam, overrides = ABLATIONS[name][arm]
+        _, configs, extra = self.pretrain_args(fam, size, seed, overrides)
+        return (run_dir(self.cfg, "ablation", run_label(arm, size, seed)), configs,
+                [*extra, *args_list(self.cfg["ablations"][name].get("args"))])
+
+    def instruct_args(self, variant: str, size: Size, seed: Optional[int] = None) -> tuple[Path, list[str], list[str]]:
+        """(run folder, recipes, extra CLI words) of one instruction-tuning run (from the same seed's
+        pretrained model)."""
         fam, biattn = VARIANTS[variant]
         ins = self.cfg["instruct"]
-        init = run_dir(self.cfg, "pretrain", f"{fam}-{size.name}") / "checkpoints" / "last.ckpt"
+        init = run_dir(self.cfg, "pretrain", run_label(fam, size, seed)) / "checkpoints" / "last.ckpt"
         data = self.runs / "data"
         extra = [*self.model_args(fam, size, stage=ins), "--model.init_args.init_from", str(init),
                  "--data.init_args.train_shards", str(data / "instruct-train"),
                  "--data.init_args.val_shards", str(data / "instruct-val")]
         if biattn:
             extra += ["--model.init_args.bidirectional_prefix", "true"]
-        return run_dir(self.cfg, "instruct", f"{variant}-{size.name}"), list(ins.get("configs") or []), \
-            [*extra, *args_list(ins.get("args"))]
+        return run_dir(self.cfg, "instruct", run_label(variant, size, seed)), list(ins.get("configs") or []), \
+            [*extra, *args_list(ins.get("args")), *self.seed_args(seed)]
 
     @staticmethod
     def fit_args(root: Path, configs: Sequence[str], extra: Sequence[str], resume: bool) -> list[str]:
@@ -72,7 +99,9 @@ class FitRunner:
         return args
 
     # -- running -------------------------------------------------------------------------------
-    def fit(self, root: Path, configs: Sequence[str], extra: Sequence[str]) -> None:
+    def fit(self, root: Path, configs: Sequence[str], extra: Sequence[str], *, may_diverge: bool = False) -> None:
+        """Run one ``fit``; ``may_diverge``: a run stopped by its non-finite-loss guard (``NonFiniteLossError``,
+        a ``nonfinite-step<N>.ckpt`` in the run folder) is an outcome, recorded in ``outcome.json``, not an error."""
         resume = (root / "checkpoints" / "last.ckpt").exists()
         args = self.fit_args(root, configs, extra, resume)
         if resume:
@@ -80,13 +109,24 @@ class FitRunner:
         root.mkdir(parents=True, exist_ok=True)
         (root / "command.txt").write_text(shlex.join([self.python, "-m", "lightning_redllm", *args]) + "\n")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        started = time.time()
         with open(root / "fit.log", "a") as logf:
             r = subprocess.run([self.python, "-m", "lightning_redllm", *args], stdout=logf, stderr=subprocess.STDOUT,
                                env=env)
+        # this attempt's guard checkpoint (one left by an earlier, killed attempt says nothing about this one)
+        stopped = sorted(p for p in root.glob("nonfinite-step*.ckpt") if p.stat().st_mtime >= started - 1)
+        if r.returncode != 0 and may_diverge and stopped:
+            step = int(stopped[-1].stem.rsplit("step", 1)[1])
+            write_json_atomic(root / "outcome.json", {"stopped_nonfinite": True, "step": step,
+                                                      "returncode": r.returncode})
+            self.log(f"  {root.name}: stopped by the non-finite-loss guard at step {step}")
+            return
         if r.returncode != 0:
             tail = (root / "fit.log").read_text().strip().splitlines()[-5:]
             raise StudyError(f"fit into {root} failed (exit {r.returncode}); see {root / 'fit.log'}:\n  " + "\n  ".join(tail))
         self.check_final_checkpoint(root, args)
+        if may_diverge:
+            write_json_atomic(root / "outcome.json", {"stopped_nonfinite": False, "returncode": 0})
 
     @staticmethod
     def check_final_checkpoint(root: Path, args: Sequence[str]) -> None:
@@ -106,8 +146,16 @@ class FitRunner:
 
     # -- the training stages -------------------------------------------------------------------
     def pretrain(self, run: Run) -> str:
-        root, configs, extra = self.pretrain_args(run.name, run.size)
+        root, configs, extra = self.pretrain_args(run.name, run.size, run.seed)
         self.fit(root, configs, extra)
+        return _val_loss(root)
+
+    def ablation(self, run: Run) -> str:
+        root, configs, extra = self.ablation_args(run.name, run.size, run.seed)
+        self.fit(root, configs, extra, may_diverge=True)
+        outcome = json.loads((root / "outcome.json").read_text())
+        if outcome["stopped_nonfinite"]:
+            return f"stopped: non-finite loss at step {outcome['step']}"
         return _val_loss(root)
 
     def instruct_data(self) -> str:
@@ -133,7 +181,7 @@ class FitRunner:
         return f"{counts['train']} train / {counts['val']} val examples, held out: {', '.join(sorted(held)) or 'none'}"
 
     def instruct(self, run: Run) -> str:
-        root, configs, extra = self.instruct_args(run.name, run.size)
+        root, configs, extra = self.instruct_args(run.name, run.size, run.seed)
         init = Path(extra[extra.index("--model.init_args.init_from") + 1])
         if not init.exists():
             raise StudyError(f"instruct {run.label}: pretrained checkpoint {init} is missing")

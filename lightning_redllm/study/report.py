@@ -109,6 +109,53 @@ def _runs_section(root: Path, page_dir: Path) -> list[str]:
                                               "last val/loss (own objective)"], uniq)
 
 
+def _over_seeds(block: Optional[dict], label_of=lambda name, size: f"{name}-{size}") -> list[str]:
+    """Tables of an evaluation's ``over_seeds`` (``paired.over_seeds``): mean [t-interval] per group, then the
+    paired differences with the study's direction and the verdict. Nothing when every group has one seed."""
+    from .paired import fmt_interval
+
+    if not block:
+        return []
+    groups = [g for m in block["metrics"].values() for g in m["groups"]]
+    if not groups or max(g["n"] for g in groups) < 2:
+        return []
+    conf = int(round(100 * block.get("confidence", 0.95)))
+    lines = [f"Over seeds (mean [{conf}% t-interval]):", ""]
+    for metric, m in block["metrics"].items():
+        lines += _table(["group", "seeds", m["description"]],
+                        [[label_of(g["name"], g["size"]), ", ".join(str(s) for s in g["seeds"]), fmt_interval(g)]
+                         for g in m["groups"]])
+    if block["paired"]:
+        sign = {1: "> 0", -1: "< 0", None: "-"}
+        lines += _table(["metric", "size", "paired difference", "seeds", f"difference [{conf}% t-interval]",
+                         "the study", "verdict"],
+                        [[p["metric"], p["size"], f"{p['a']} - {p['b']}", ", ".join(str(s) for s in p["seeds"]),
+                          fmt_interval(p), sign[p["expected_sign"]], p["verdict"] or "-"] for p in block["paired"]])
+    return lines
+
+
+def _ablations_section(data: dict, images) -> list[str]:
+    from .paired import fmt_interval
+
+    lines = []
+    ab = data.get("attn_out_norm")
+    if ab:
+        lines += ["## Ablation: RedLLM without the attention-output norm", "",
+                  f"Size {ab['size']}, the ablation's settings `{ab['args']}`, seeds {ab['seeds']}. A run diverged "
+                  "when its non-finite guard stopped it, it logged a non-finite loss, skipped a step, or ended above "
+                  "its first logged training loss.", ""]
+        lines += _table(["run", "diverged", "why", "final val/loss", "largest rise over running min (nats)"],
+                        [[label, "yes" if r["diverged"] else "no", "; ".join(r["reasons"]) or "-",
+                          _fmt(r["final_val_loss"]), _fmt(r["max_rise"])] for label, r in ab["runs"].items()])
+        lines += _over_seeds(ab["over_seeds"]) + images("ablation_", None) + [""]
+    if data.get("biattn"):
+        lines += ["## Ablation: DecLLM + BiAttn vs DecLLM after tuning", ""]
+        lines += _table(["metric", "size", "seeds", "BiAttn - causal [95% t-interval]", "verdict"],
+                        [[p["metric"], p["size"], ", ".join(str(s) for s in p["seeds"]), fmt_interval(p),
+                          p["verdict"] or "-"] for p in data["biattn"]["paired"]])
+    return lines
+
+
 def build_report(root: str | Path, page: Optional[str | Path] = None, title: Optional[str] = None) -> str:
     """The markdown page for everything under ``root`` (links relative to ``page``'s folder)."""
     from ..eval.efficiency import format_efficiency
@@ -138,10 +185,25 @@ def build_report(root: str | Path, page: Optional[str | Path] = None, title: Opt
         return [_img(page_dir, p, used) for p in pngs if p.parent == folder and p.name.startswith(prefix)]
 
     lines = [f"# {title or 'Report: ' + str(root)}", ""]
+    from .findings import format_findings
+
     for path, st in found.get("study", []):
         lines += [st.get("description", "").strip(), "",
                   f"Config `{st.get('config')}`; {st.get('cpu')}, torch {st.get('torch')}, {st.get('threads')} thread(s) per process; "
-                  f"stages took {st.get('wall_seconds', 0) / 60:.1f} min in all.", ""]
+                  f"stages took {st.get('wall_seconds', 0) / 60:.1f} min in all."
+                  + (f" Seeds {st['seeds']}: every run once per seed, both families of a pair with the same seed "
+                     "(same initialization seed, data order and scored tokens)." if st.get("seeds") else ""), ""]
+        if st.get("budgets"):
+            lines += ["Pretraining budget per size (tokens = tokens_per_parameter x mean non-embedding parameters "
+                      "of the families, in steps rounded up to the checkpoint interval; lr by the study's rule):", ""]
+            lines += _table(["size", "d_model", "non-embedding parameters", "tokens (target)", "max_steps", "lr"],
+                            [[b["size"], b["d_model"], ", ".join(f"{f} {n / 1e6:.3f}M" for f, n in b["non_embedding"].items()),
+                              _fmt(b["tokens"]), _fmt(b["max_steps"]), _fmt(b["lr"], 5)] for b in st["budgets"].values()])
+    for p, data in found.get("study_findings", []):
+        lines += ["## The study's findings, one by one", "",
+                  "\"reproduced\": the interval excludes zero in the study's direction; \"opposite\": it excludes "
+                  "zero the other way; \"not resolved\": it does not (or one seed: no interval).", "",
+                  format_findings(data), ""]
     lines += _runs_section(root, page_dir)
     for p, data in found.get("curves", []):
         lines += ["## Validation curves", ""] + images("curves_", p.parent) + [""]
@@ -160,6 +222,7 @@ def build_report(root: str | Path, page: Optional[str | Path] = None, title: Opt
                         + [_fmt(m["matched_loss"].get(s)) for s in sources] + [_fmt(own.get("all", {}).get("loss"))])
         lines += _table(["model", "params", "matched loss", "matched ppl", *[f"matched {s}" for s in sources],
                          "own-objective loss"], rows)
+        lines += _over_seeds(data.get("over_seeds"))
     for p, data in found.get("evaluate", []):
         lines += [f"## evaluate: `{data.get('ckpt')}` ({data.get('family')})", ""]
         for length, rows in data["lengths"].items():
@@ -172,6 +235,7 @@ def build_report(root: str | Path, page: Optional[str | Path] = None, title: Opt
         for spec in data["prefix_lengths"]:
             lines += images(f"extrapolation_{prefix_label(spec)}.", p.parent)
         lines.append("")
+        lines += _over_seeds(data.get("over_seeds"))
     for p, data in found.get("efficiency", []):
         lines += ["## Inference efficiency", "", format_efficiency(data), ""] + images("efficiency_", p.parent) + [""]
     for p, data in found.get("quality_flops", []):
@@ -191,6 +255,14 @@ def build_report(root: str | Path, page: Optional[str | Path] = None, title: Opt
         lines += _table(["run", "family", "parameters", "training FLOPs", "loss"],
                         [[pt.get("label", pt.get("run")), pt["family"], f"{pt['parameters'] / 1e6:.2f}M",
                           f"{pt['flops']:.3g}", _fmt(pt["loss"])] for pt in data["points"]])
+        if data.get("difference"):
+            from .paired import fmt_interval
+
+            fams = data["families"]
+            lines += _table(["x", "b RedLLM", "b DecLLM", "b(RedLLM) - b(DecLLM) [Welch 95% interval]"],
+                            [[key, _fmt((fams["redllm"].get(key) or {}).get("b")),
+                              _fmt((fams["decllm"].get(key) or {}).get("b")), fmt_interval(d)]
+                             for key, d in data["difference"].items()])
         lines += images("scaling", p.parent) + [""]
     for p, data in found.get("study_instruct", []):
         tasks = sorted({t for m in data["models"].values() for t in m["tasks"]})
@@ -207,6 +279,18 @@ def build_report(root: str | Path, page: Optional[str | Path] = None, title: Opt
         lines += _table(["model", "seen-task loss", "held-out-task loss",
                          *[t + (" (held out)" if t in data["held_out_tasks"] else "") for t in tasks],
                          *[f"{t} accuracy" for t in mc_cols]], rows)
+        lines += _over_seeds(data.get("over_seeds"))
+    for p, data in found.get("study_zero_shot", []):
+        lines += ["## Zero-shot before tuning: the pretrained models on the instruction tasks", "",
+                  "Target loss per token of each task, scored the way each family would be tuned; nothing was tuned "
+                  "on any task yet.", ""]
+        lines += _table(["model", "mean task loss", "multiple-choice accuracy", *data["tasks"]],
+                        [[label, _fmt(m["all_loss"]), _fmt(m.get("mc_accuracy")),
+                          *[_fmt(m["tasks"].get(t, {}).get("loss")) for t in data["tasks"]]]
+                         for label, m in data["models"].items()])
+        lines += _over_seeds(data.get("over_seeds"))
+    for p, data in found.get("study_ablations", []):
+        lines += _ablations_section(data, lambda prefix, _: images(prefix, p.parent))
     for p, data in found.get("study_lm_eval", []):
         lines += ["## lm-eval tasks", ""]
         if data.get("skipped"):

@@ -1,13 +1,21 @@
 """The study's last stage: training curves (``curves.json`` + plots), the study's own record
-(``study.json``: config, stage times, machine) and ``report.md`` over everything in the output folder."""
+(``study.json``: config, stage times, machine), the finding-by-finding verdicts (``findings.json``)
+and ``report.md`` over everything in the output folder."""
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 from .evaluations.context import EvalContext
+from .findings import study_findings
+from .plan import ablation_runs, size_budgets
 from .report import run_curves, write_report
+
+#: evaluation -> the JSON it writes under the study's folder (what the findings read)
+RESULTS = {"perplexity": "perplexity.json", "scaling": "scaling.json", "zero_shot": "zero_shot.json",
+           "extrapolation": "extrapolation.json", "instruct": "instruct_eval.json", "ablations": "ablations.json"}
 
 
 def study_report(ctx: EvalContext, markers: dict[str, Optional[dict]]) -> str:
@@ -17,10 +25,12 @@ def study_report(ctx: EvalContext, markers: dict[str, Optional[dict]]) -> str:
     from ..eval import plots
 
     curves = {}
-    for label, _, _, ckpt in ctx.pretrained:
-        curves[f"pretrain/{label}"] = run_curves(ckpt.parent.parent)
-    for label, _, _, ckpt in ctx.tuned:
-        curves[f"instruct/{label}"] = run_curves(ckpt.parent.parent)
+    for run in ctx.pretrained:
+        curves[f"pretrain/{run.label}"] = run_curves(run.root)
+    for run in ctx.tuned:
+        curves[f"instruct/{run.label}"] = run_curves(run.root)
+    for run in ablation_runs(ctx.cfg):
+        curves[f"ablation/{run.label}"] = run_curves(run.root)
     ctx.write("curves.json", {"kind": "lightning_redllm.curves/1", "runs": curves})
     try:
         plots.plot_curves({k.split("/", 1)[1]: v.get("val/loss", {}) for k, v in curves.items()
@@ -37,8 +47,14 @@ def study_report(ctx: EvalContext, markers: dict[str, Optional[dict]]) -> str:
             "config": cfg["_path"],
             "stages": {s: (m or {}).get("seconds") for s, m in markers.items()},
             "wall_seconds": sum((m or {}).get("seconds") or 0 for m in markers.values()),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+            "seeds": cfg.get("seeds"),
+            "budgets": ({name: asdict(b) for name, b in size_budgets(cfg).items()}
+                        if cfg["pretrain"].get("tokens_per_parameter") is not None
+                        or cfg["pretrain"].get("lr_rule") is not None else None)}
     ctx.write("study.json", info)
+    ctx.write("findings.json", study_findings({k: ctx.results(f) if (ctx.out / f).exists() else None
+                                               for k, f in RESULTS.items()}))
     path = write_report(ctx.out, title=f"Study `{cfg['name']}`")
     return str(path)
 

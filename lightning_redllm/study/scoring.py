@@ -1,5 +1,6 @@
 """Instruction data and scoring: the FLAN-format jsonl splits, target loss per (input, target) pair
-scored the way each family is instruction-tuned, and zero-shot multiple-choice accuracy."""
+scored the way each family is instruction-tuned, zero-shot multiple-choice accuracy, and the per-task
+evaluation both the tuned models (``eval/instruct``) and the pretrained ones (``eval/zero_shot``) get."""
 from __future__ import annotations
 
 import io
@@ -76,3 +77,37 @@ def option_accuracy(model, tok, rows: Sequence[dict]) -> float:
         pick = min(range(len(opts)), key=lambda i: scores[i][0])
         correct += int(opts[pick].strip() == r["targets"].strip())
     return correct / len(rows)
+
+
+def evaluation_tasks(ins: dict, max_examples: int) -> tuple[dict[str, list[dict]], set]:
+    """{task: rows} of the instruction set (validation split; held-out tasks: every example of both
+    splits, never trained on), at most ``max_examples`` per task, and the held-out task names."""
+    held = set(ins.get("held_out_tasks") or [])
+    tasks: dict[str, list[dict]] = {}
+    for r in read_flan("val", ins.get("corpus")) + [r for r in read_flan("train", ins.get("corpus"))
+                                                    if r["task_name"] in held]:
+        tasks.setdefault(r["task_name"], []).append(r)
+    return {t: rs[:max_examples] for t, rs in sorted(tasks.items())}, held
+
+
+def task_scores(model, tok, tasks: dict[str, list[dict]], held: set) -> dict:
+    """Per task: target loss per token (inputs <= 256 tokens, targets <= 127 + eos), and for a
+    multiple-choice task its accuracy and chance level; then the mean over seen and held-out tasks."""
+    entry: dict = {"tasks": {}}
+    for task, rows in tasks.items():
+        ids = [(tok.encode(r["inputs"])[:256], tok.encode(r["targets"])[:127] + [tok.eos_id]) for r in rows]
+        nll = score_pairs(model, tok, ids)
+        entry["tasks"][task] = {"examples": len(rows), "held_out": task in held,
+                                "loss": sum(a for a, _ in nll) / sum(n for _, n in nll)}
+        mc = [r for r in rows if "OPTIONS:" in r["inputs"]]
+        if mc:
+            entry["tasks"][task]["mc_accuracy"] = option_accuracy(model, tok, mc)
+            entry["tasks"][task]["mc_chance"] = sum(1 / len(options_of(r["inputs"])) for r in mc) / len(mc)
+    seen = [v["loss"] for v in entry["tasks"].values() if not v["held_out"]]
+    unseen = [v["loss"] for v in entry["tasks"].values() if v["held_out"]]
+    entry["seen_loss"] = sum(seen) / len(seen) if seen else None
+    entry["held_out_loss"] = sum(unseen) / len(unseen) if unseen else None
+    entry["all_loss"] = sum(seen + unseen) / len(seen + unseen) if seen + unseen else None
+    accs = [v["mc_accuracy"] for v in entry["tasks"].values() if "mc_accuracy" in v]
+    entry["mc_accuracy"] = sum(accs) / len(accs) if accs else None
+    return entry

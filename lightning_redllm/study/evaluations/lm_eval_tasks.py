@@ -24,11 +24,12 @@ def lm_eval(ctx: EvalContext) -> str:
     tasks = list(ev.get("tasks") or BUNDLED_TASKS)
     which = ev.get("models", "all")
     # labels: pretrain/<family>-<size>, instruct/<variant>-<size> (a pretrained and a tuned RedLLM share a name)
-    models = [(f"{kind}/{m[0]}", *m[1:]) for kind, ms in (("pretrain", ctx.pretrained), ("instruct", ctx.tuned))
-              for m in ms if which == "all" or m[0] in which or m[2].name in which]
+    models = [(f"{kind}/{m.label}", m) for kind, ms in (("pretrain", ctx.pretrained), ("instruct", ctx.tuned))
+              for m in ms if which == "all" or m.label in which or m.group in which or m.size.name in which]
     out: dict = {"kind": KIND, "tasks": tasks, "limit": ev.get("limit"), "models": {}}
-    for label, fam, size, ckpt in models:
-        out["models"][label] = {"family": fam, "size": size.name, "shots": {}}
+    for label, run in models:
+        ckpt = run.ckpt
+        out["models"][label] = {"family": run.name, "size": run.size.name, "seed": run.seed, "shots": {}}
         for shots in ev.get("num_fewshot", [0]):
             t0 = time.monotonic()
             res = run_lm_eval(str(ckpt), tasks, int(shots), limit=ev.get("limit"),
