@@ -195,7 +195,8 @@ def _validation_texts() -> list[str]:
 
     from lightning_redllm.assets import asset_path
 
-    files = sorted(asset_path("corpus", "redpajama").glob("*/val-*.jsonl.zst")) + [asset_path("corpus", "flan", "val.jsonl.zst")]
+    files = sorted(asset_path("corpus", "redpajama").glob("*/val-*.jsonl.zst"))
+    files.append(asset_path("corpus", "flan", "val.jsonl.zst"))
     texts = []
     for path in files:
         with open(path, "rb") as f:
@@ -410,7 +411,8 @@ def test_lm_eval_hf_backend_scores_like_our_adapter(exported, tok):
     import lm_eval.models.huggingface  # noqa: F401  registers "hf"
     from lm_eval.api.instance import Instance
 
-    from lightning_redllm.eval.lm_eval_adapter import BUNDLED_TASKS_DIR, LightningRedLLMLM, _flatten_metrics, task_manager
+    from lightning_redllm.eval.lm_eval_adapter import (BUNDLED_TASKS_DIR, LightningRedLLMLM, _flatten_metrics,
+                                                       task_manager)
 
     tasks = ["bundled_continuation_mc", "bundled_heldout_ppl"]
     tm = task_manager(tasks=tasks)
@@ -442,7 +444,8 @@ def test_lm_eval_hf_backend_scores_like_our_adapter(exported, tok):
         # per request (accuracy can agree by chance): every choice's log-likelihood agrees
         hflm = lm_eval.models.huggingface.HFLM(batch_size=4, device="cpu", **args)
         docs = [json.loads(line) for line in open(BUNDLED_TASKS_DIR / f"{mc}.test.jsonl", encoding="utf-8")][:4]
-        reqs = [Instance("loglikelihood", {}, (d["context"], " " + c), i) for d in docs for i, c in enumerate(d["choices"])]
+        reqs = [Instance("loglikelihood", {}, (d["context"], " " + c), i)
+                for d in docs for i, c in enumerate(d["choices"])]
         mine = LightningRedLLMLM(model=model, tokenizer=tok, batch_size=4).loglikelihood(reqs, disable_tqdm=True)
         got = hflm.loglikelihood(reqs, disable_tqdm=True)
         torch.testing.assert_close(torch.tensor([g[0] for g in got], dtype=torch.float64),

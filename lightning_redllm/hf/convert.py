@@ -121,12 +121,12 @@ def model_config_from_hf(data: dict[str, Any], where: str = "config.json") -> Mo
         for key, expected, why in (("hidden_act", "silu", "SwiGLU feed-forward"),
                                    ("attention_bias", False, "no biases"), ("mlp_bias", False, "no biases"),
                                    ("pretraining_tp", 1, "no tensor-parallel slicing of the weights")):
-            _expect(data, key, expected, where, why, default={"hidden_act": "silu", "pretraining_tp": 1}.get(key, False))
+            _expect(data, key, expected, where, why, default=expected)  # absent = Llama's default = ours
         fields.update(family="decllm", n_layers=int(_need(data, "num_hidden_layers", where)), qkv_norm=False,
                       attn_out_norm=False, dropout=float(extra.get("dropout", data.get("attention_dropout", 0.0))))
     else:
-        fields.update(qkv_norm=bool(data.get("qkv_norm", True)), attn_out_norm=bool(_need(data, "attn_out_norm", where)),
-                      dropout=float(data.get("dropout", 0.0)))
+        fields.update(qkv_norm=bool(data.get("qkv_norm", True)),
+                      attn_out_norm=bool(_need(data, "attn_out_norm", where)), dropout=float(data.get("dropout", 0.0)))
         if kind == DECLLM_TYPE:
             fields.update(family="decllm", n_layers=int(_need(data, "num_hidden_layers", where)),
                           bidirectional_prefix=bool(data.get("bidirectional_prefix", False)))

@@ -126,7 +126,7 @@ def model_card(cfg: ModelConfig, kind: str, n_params: int, progress: dict[str, i
         f"pipeline_tag: {'text2text-generation' if cfg.family == 'redllm' else 'text-generation'}",
         f"tags: [lightning_redllm, {cfg.family}]",
         "---",
-        f"# {cfg.name or cfg.family} ({family})",
+        f"# {cfg.name or cfg.family}: {family}",
         "",
         f"Trained with lightning_redllm, a PyTorch Lightning toolkit reproducing {STUDY}.",
         "",
@@ -135,8 +135,8 @@ def model_card(cfg: ModelConfig, kind: str, n_params: int, progress: dict[str, i
         f"| preset | {cfg.name or '(custom)'} |",
         f"| parameters | {n_params:,} ({n_params / 1e6:.2f}M) |",
         f"| training | {training} |",
-        f"| layers | " + (f"{cfg.n_encoder_layers} encoder + {cfg.n_decoder_layers} decoder" if cfg.family == "redllm"
-                          else f"{cfg.n_layers}") + " |",
+        "| layers | " + (f"{cfg.n_encoder_layers} encoder + {cfg.n_decoder_layers} decoder" if cfg.family == "redllm"
+                         else f"{cfg.n_layers}") + " |",
         f"| width / heads / head dim | {cfg.d_model} / {cfg.n_heads} (kv {cfg.n_kv_heads}) / {cfg.head_dim} |",
         f"| context (trained) | {cfg.max_seq_len} tokens |",
         f"| architecture | {'native Llama' if not remote else 'custom code in this folder (trust_remote_code=True)'} |",
@@ -144,7 +144,8 @@ def model_card(cfg: ModelConfig, kind: str, n_params: int, progress: dict[str, i
         "",
         "```python",
         f"from transformers import AutoTokenizer, {auto}",
-        "tok = AutoTokenizer.from_pretrained(path)",
+        "path = \".\"  # this folder",
+        f"tok = AutoTokenizer.from_pretrained(path{', trust_remote_code=True' if remote else ''})",
         f"model = {load}",
     ]
     if cfg.family == "redllm":

@@ -77,7 +77,8 @@ def save_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: U
         files.append(fname)
         weight_map.update({n: fname for n in names})
     total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items(), key=lambda kv: _natural(kv[0])))}
+    ordered = dict(sorted(weight_map.items(), key=lambda kv: _natural(kv[0])))
+    index = {"metadata": {"total_size": total}, "weight_map": ordered}
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return files + [INDEX_NAME]
 
@@ -109,7 +110,8 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
             state.update(_load(part))
         missing = sorted(set(weight_map) - set(state))
         if missing:
-            raise CheckpointLoadError(f"{index}: {missing[0]!r} is listed but not in its shard {weight_map[missing[0]]}")
+            name = missing[0]
+            raise CheckpointLoadError(f"{index}: {name!r} is listed but not in its shard {weight_map[name]}")
         return state
     if (folder / WEIGHTS_NAME).is_file():
         return _load(folder / WEIGHTS_NAME)
