@@ -8,21 +8,199 @@ another recipe (relative form ``${..data.init_args.seq_len}`` or absolute under 
 from __future__ import annotations
 
 import importlib.resources
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from .errors import ConfigError
 from .modules import LanguageModelModule
 
-#: the recipes shipped with the package (the repository's top-level ``recipes/``, mapped into the
-#: wheel as ``lightning_redllm.recipes``; an editable install points at the repository folder)
-RECIPES = Path(str(importlib.resources.files("lightning_redllm.recipes")))
+
+def find_recipes() -> Path:
+    """The folder of the packaged recipes: the repository's top-level ``recipes/``, which the wheel
+    installs as ``lightning_redllm.recipes`` (an editable install maps that name to the folder).
+
+    Run from a checkout's root (``python -m lightning_redllm`` puts the working directory first on
+    ``sys.path``), the source tree's ``lightning_redllm/`` shadows an installed wheel and has no
+    ``recipes`` subpackage: the recipes are then the checkout's ``recipes/`` beside it."""
+    try:
+        return Path(str(importlib.resources.files("lightning_redllm.recipes")))
+    except ModuleNotFoundError:
+        pass
+    beside = Path(__file__).resolve().parent.parent / "recipes"
+    if (beside / "quickstart.yaml").is_file():
+        return beside
+    raise ModuleNotFoundError(
+        f"the packaged recipes are missing: no module lightning_redllm.recipes and no {beside}; reinstall the "
+        "package (`pip install .` from the repository)")
+
+
+#: the recipes shipped with the package (see :func:`find_recipes`)
+RECIPES = find_recipes()
 QUICKSTART = RECIPES / "quickstart.yaml"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CONFIG_FLAGS = ("--config", "-c")
+
+
+def _yaml_text(data: Any, header: str) -> str:
+    import yaml
+
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)
+
+
+def _restore_dicts(dumped: Any, live: Any) -> Any:
+    """jsonargparse dumps a ``dict`` value of a ``Union[str, Path, dict]`` parameter (DeepSpeed's
+    ``config``) through the ``str`` branch, as a quoted Python repr, which reloads as a string (a
+    path). Put the parsed dict back wherever that happened."""
+    if isinstance(live, dict) and isinstance(dumped, str):
+        return live
+    if isinstance(dumped, dict) and isinstance(live, dict):
+        return {k: _restore_dicts(v, live.get(k)) for k, v in dumped.items()}
+    if isinstance(dumped, list) and isinstance(live, list) and len(dumped) == len(live):
+        return [_restore_dicts(d, v) for d, v in zip(dumped, live)]
+    return dumped
+
+
+def _split_header(text: str) -> tuple[str, str]:
+    lines = text.splitlines(keepends=True)
+    n = 0
+    while n < len(lines) and lines[n].startswith("#"):
+        n += 1
+    return "".join(lines[:n]), "".join(lines[n:])
+
+
+class RedLLMArgumentParser(LightningArgumentParser):
+    """Dumps (``--print_config``, the run's ``config.yaml``) that load back as they were parsed:
+    a DeepSpeed config dict stays a YAML mapping (see :func:`_restore_dicts`)."""
+
+    def dump(self, namespace, format: str = "parser_mode", **kwargs: Any) -> str:
+        import yaml
+
+        text = super().dump(namespace, format=format, **kwargs)
+        if format != "yaml" and not (format == "parser_mode" and str(self.parser_mode).startswith(("yaml", "omegaconf"))):
+            return text
+        header, body = _split_header(text)
+        dumped = yaml.safe_load(body)
+        fixed = _restore_dicts(dumped, namespace.clone(with_meta=False).as_dict())
+        return text if fixed == dumped else _yaml_text(fixed, header)
+
+
+#: the callback/logger options that hold a folder, and the trainer key they default under
+_RUN_PATH_KEYS = {"logger": ("save_dir",), "callbacks": ("dirpath",)}
+
+
+def relink_run_paths(config: dict) -> dict:
+    """Paths of the loggers and callbacks that lie inside ``trainer.default_root_dir`` are written
+    relative to it (``${....default_root_dir}/checkpoints``, the recipes' own form), so that the
+    saved config re-run with ``--trainer.default_root_dir NEW`` writes everything into NEW."""
+    trainer = config.get("trainer")
+    root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
+    if not isinstance(root, str) or not root:
+        return config
+    base = root.rstrip("/") or "/"
+    for section, keys in _RUN_PATH_KEYS.items():
+        entries = trainer.get(section)
+        # relative interpolation from <entry>.init_args.<key> up to the trainer node
+        up = "...." if isinstance(entries, list) else "..."
+        for entry in entries if isinstance(entries, list) else [entries]:
+            init_args = entry.get("init_args") if isinstance(entry, dict) else None
+            if not isinstance(init_args, dict):
+                continue
+            for key in keys:
+                value = init_args.get(key)
+                if not isinstance(value, str):
+                    continue
+                ref = "${" + up + "default_root_dir}"
+                if value in (root, base):
+                    init_args[key] = ref
+                elif value.startswith(base.rstrip("/") + "/"):
+                    init_args[key] = ref + value[len(base.rstrip("/")):]
+    return config
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Writes the run's ``<log_dir>/config.yaml`` (rank 0, atomically) so that it re-runs: dicts as
+    mappings, and the run's folders relative to ``trainer.default_root_dir`` (see
+    :func:`relink_run_paths`): ``fit --config runs/a/logs/version_0/config.yaml
+    --trainer.default_root_dir runs/b`` trains the same run into ``runs/b``."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # broadcasts the folder
+        if trainer.is_global_zero and log_dir is not None:
+            import yaml
+
+            from .reliability import atomic_write
+
+            text = self.parser.dump(self.config, skip_none=False)
+            header, body = _split_header(text)
+            text = _yaml_text(relink_run_paths(yaml.safe_load(body)), header)
+            atomic_write(Path(log_dir) / self.config_filename, lambda f: f.write(text.encode()))
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+class _Progressed(Callback):
+    """Notes whether any loop finished a batch (a run that did nothing leaves no folders behind)."""
+
+    def __init__(self) -> None:
+        self.any = False
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.any = True
+
+    on_validation_batch_end = on_test_batch_end = on_predict_batch_end = on_train_batch_end
+
+
+#: what Lightning's loggers write at the start of a run, before any metric
+_START_FILES = ("config.yaml", "hparams.yaml", "metrics.csv", "events.out.tfevents.")
+
+
+class _NewRunFolders:
+    """The run folders (root, logger version folders, checkpoint folder) that a run is about to
+    create; :meth:`remove` deletes those it did create, if they hold only start-up files."""
+
+    def __init__(self, trainer) -> None:
+        self.dirs: list[Path] = [Path(trainer.default_root_dir)]
+        self.logger_roots: list[Path] = []
+        for logger in trainer.loggers:
+            root = getattr(logger, "root_dir", None)
+            if isinstance(root, (str, os.PathLike)) and "://" not in str(root):
+                self.logger_roots.append(Path(root))
+        for cb in trainer.checkpoint_callbacks:
+            if getattr(cb, "dirpath", None) and "://" not in str(cb.dirpath):
+                self.dirs.append(Path(cb.dirpath))
+        self.dirs += self.logger_roots
+        self.existed = {d: d.exists() for d in self.dirs}
+        self.children = {d: {c.name for c in d.iterdir()} if d.is_dir() else set() for d in self.logger_roots}
+
+    def remove(self) -> None:
+        for root in self.logger_roots:
+            if not root.is_dir():
+                continue
+            for child in root.iterdir():
+                if child.name in self.children[root] or not child.is_dir():
+                    continue
+                files = [f for f in child.rglob("*") if f.is_file()]
+                if all(f.name.startswith(_START_FILES) for f in files):
+                    shutil.rmtree(child, ignore_errors=True)
+        # then the folders this run created, deepest first, if empty now
+        for d in sorted(self.dirs, key=lambda d: len(d.resolve().parts), reverse=True):
+            if not self.existed[d] and d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
+
+def _strategy_name(strategy: Any) -> str:
+    if isinstance(strategy, str):
+        return strategy
+    return str(getattr(strategy, "class_path", None) or (strategy.get("class_path") if isinstance(strategy, dict)
+                                                          else type(strategy).__name__))
 
 
 class RedLLMCLI(LightningCLI):
@@ -32,6 +210,9 @@ class RedLLMCLI(LightningCLI):
     def __init__(self, args: Optional[Sequence[str]] = None,
                  strategy_config_overrides: Sequence[tuple[list[str], Any]] = (), **kwargs):
         self._strategy_config_overrides = list(strategy_config_overrides)
+        self._args = list(args or [])
+        kwargs.setdefault("parser_class", RedLLMArgumentParser)
+        kwargs.setdefault("save_config_callback", RunConfigSaver)
         # errors raise (exit_on_error=False) so run_lightning can report them in one line
         parser = {"parser_mode": "omegaconf+", "exit_on_error": False}
         kwargs.setdefault("parser_kwargs", {"prog": "python -m lightning_redllm", **parser,
@@ -54,12 +235,14 @@ class RedLLMCLI(LightningCLI):
                          subclass_mode_data=True, args=args, **kwargs)
 
     def before_instantiate_classes(self) -> None:
-        """Merge ``--trainer.strategy.init_args.config.KEY.SUBKEY VALUE`` flags into the strategy's
-        config dict key by key (see :func:`split_strategy_config_overrides`)."""
-        if not self._strategy_config_overrides:
-            return
+        """Refuse a strategy/accelerator this machine cannot run (one line, before Lightning's
+        traceback); merge ``--trainer.strategy.init_args.config.KEY.SUBKEY VALUE`` flags into the
+        strategy's config dict key by key (see :func:`split_strategy_config_overrides`)."""
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
+        self._check_devices(cfg.trainer)
+        if not self._strategy_config_overrides:
+            return
         strategy = cfg.trainer.get("strategy")
         init_args = getattr(strategy, "init_args", None)
         config = init_args.get("config") if init_args is not None else None
@@ -75,6 +258,45 @@ class RedLLMCLI(LightningCLI):
                                       "the strategy config")
                 node = node.setdefault(key, {})
             node[path[-1]] = value
+
+    def _check_devices(self, trainer_cfg) -> None:
+        import torch
+
+        from .cli_errors import where_set
+
+        accelerator = str(trainer_cfg.get("accelerator") or "auto")
+        strategy = _strategy_name(trainer_cfg.get("strategy"))
+        if torch.cuda.is_available():
+            return
+        have = "trainer.accelerator is cpu" if accelerator == "cpu" else "this machine has no CUDA GPU"
+        if "deepspeed" in strategy.lower():
+            where = where_set("trainer.strategy", self._args)
+            where = f"{where}: " if where.startswith("flag ") or ":" in where else ""
+            raise ConfigError(
+                f"{where.removeprefix('flag ')}DeepSpeed ({strategy.rsplit('.', 1)[-1]}) runs on CUDA GPUs only, "
+                f"and {have}",
+                "on this machine drop the DeepSpeed recipe and use --config strategy/cpu; run ZeRO-3 on a machine "
+                "with CUDA GPUs (`python -m lightning_redllm plan` sizes it)")
+        if accelerator in ("gpu", "cuda"):
+            where = where_set("trainer.accelerator", self._args)
+            where = where.removeprefix("flag ") if where != "the composed config" else "trainer.accelerator"
+            raise ConfigError(f"{where}: accelerator {accelerator!r}, but this machine has no CUDA GPU",
+                              "train on the CPU with --trainer.accelerator cpu --trainer.devices 1 "
+                              "(or --config strategy/cpu)")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Lightning's, plus: a run that fails before finishing a single batch removes the folders it
+        created (logger ``version_N`` folders with only the saved config, an empty checkpoint
+        folder), so a retry is ``version_0`` again and no empty run is left behind."""
+        progressed = _Progressed()
+        self.trainer.callbacks.append(progressed)
+        folders = _NewRunFolders(self.trainer)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if not progressed.any and self.trainer.is_global_zero:
+                folders.remove()
+            raise
 
     def before_fit(self) -> None:
         """A run folder belongs to one run. Lightning would write ``last-v1.ckpt`` beside an older
@@ -230,12 +452,17 @@ def run_lightning(args: list[str]) -> None:
     warnings.filterwarnings("ignore", message=".*overridden `on_before_batch_transfer` in `LightningModule`.*")
     from jsonargparse import ArgumentError
 
-    from .cli_errors import check_config_files, explain_parser_error
+    from .cli_errors import HELP_HINT, check_config_files, explain_parser_error
 
     args = with_default_recipe(resolve_config_args(args))
     check_config_files(args)
     args, strategy_overrides = split_strategy_config_overrides(args)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         RedLLMCLI(args=args, strategy_config_overrides=strategy_overrides)
     except ArgumentError as err:
         raise explain_parser_error(str(err), args) from None
+    except MisconfigurationException as err:  # Lightning refusing a trainer setting: a user error, one line
+        raise ConfigError(f"Lightning refused the trainer settings: {' '.join(str(err).split())}",
+                          HELP_HINT.format(sub=args[0] if args else "fit")) from None

@@ -58,17 +58,51 @@ _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "E
           "Given value:", "Expected a <class 'NoneType'>")
 
 
-def _where(key_path: str, leaf: str, args: Sequence[str]) -> str:
-    """The flag or ``file:line`` that set ``leaf`` (last one wins, as in the parser)."""
+def _key_path(dotted: str) -> tuple[str, ...]:
+    """``model.init_args.lr`` and ``model.lr`` (jsonargparse accepts both) name the same key."""
+    return tuple(part for part in dotted.split(".") if part and part != "init_args")
+
+
+def yaml_key_line(name: str, key_path: str) -> int | None:
+    """1-based line of ``key_path`` (dotted; ``init_args`` levels optional) in the YAML file ``name``."""
+    try:
+        node = yaml.compose(Path(name).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in _key_path(key_path):
+        while True:
+            if not isinstance(node, yaml.MappingNode):
+                return None
+            found = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+            if part in found:
+                key, node = found[part]
+                line = key.start_mark.line + 1
+                break
+            if "init_args" not in found:  # a class's options may sit under init_args or beside class_path
+                return None
+            node = found["init_args"][1]
+    return line
+
+
+def where_set(key_path: str, args: Sequence[str]) -> str:
+    """Where ``key_path`` got its value, as the parser applies them (the last one wins): ``flag --a.b``
+    or ``file:line`` of the last ``--config`` file that sets it; else ``the composed config``."""
+    target = _key_path(key_path)
     for a in reversed(args):
         flag = a.split("=", 1)[0]
-        if flag.startswith("--") and flag.lstrip("-").split(".")[-1] == leaf:
+        if flag.startswith("--") and _key_path(flag[2:]) == target:
             return f"flag {flag}"
     for name in reversed(config_files(args)):
-        for n, line in enumerate(Path(name).read_text().splitlines(), 1):
-            if re.match(rf"\s*{re.escape(leaf)}\s*:", line) or re.search(rf"[{{,]\s*{re.escape(leaf)}\s*:", line):
-                return f"{name}:{n}"
+        line = yaml_key_line(name, key_path)
+        if line is not None:
+            return f"{name}:{line}"
     return "the composed config"
+
+
+def _subject(where: str, key_path: str) -> str:
+    """``--flag`` alone (it names the key), or ``file:line: key``."""
+    return where[len("flag "):] if where.startswith("flag ") else f"{where}: {key_path}"
 
 
 def explain_parser_error(message: str, args: Sequence[str]) -> ConfigError:
@@ -89,19 +123,23 @@ def explain_parser_error(message: str, args: Sequence[str]) -> ConfigError:
     if bad_option:
         leaf = bad_option.group(1)
         full = f"{path}.init_args.{leaf}" if cls else f"{path}.{leaf}"
-        where = _where(full, leaf, args)
-        subject = where[len("flag "):] if where.startswith("flag ") else f"{where}: {full}"
-        return ConfigError(f"{subject}: not an option of {cls_name or path}", hint)
+        return ConfigError(f"{_subject(where_set(full, args), full)}: not an option of {cls_name or path}", hint)
     wrong_type = re.search(r"Expected a <class '([^']+)'>\. Got value: (.*)", text)
     if wrong_type and keys:
-        where = _where(path, keys[-1], args)
-        subject = where[len("flag "):] if where.startswith("flag ") else f"{where}: {path}"
+        subject = _subject(where_set(path, args), path)
         return ConfigError(f"{subject}: expected {wrong_type.group(1)}, got {wrong_type.group(2).strip()!r}", hint)
+    choice = re.search(r"Expected a (?:typing\.)?Literal\[(.*)\]\. Got value: (.*)", text)
+    if choice and keys:
+        subject = _subject(where_set(path, args), path)
+        return ConfigError(f"{subject}: expected one of {choice.group(1)}, got {choice.group(2).strip()!r}", hint)
     if "Unexpected config" in text:
         return ConfigError(f"a --config value is not a config: {text}", hint)
     # anything else: the informative lines, joined
     lines = [ln.strip().removeprefix("- ") for ln in text.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith(_NOISE)]
-    lead = f"{path}: " if path else ""
+    lines = [ln for ln in lines if not ln.startswith(_NOISE) and not ln.startswith("Problem with given class_path")]
+    given = re.search(r"Given value: (.*)", text)
+    if given and "NestedArg" not in given.group(1):
+        lines.append(f"got {given.group(1).strip()!r}")
+    lead = f"{_subject(where_set(path, args), path)}: " if path else ""
     body = "; ".join(ln for ln in lines if not ln.startswith("Parser key")) or text
     return ConfigError(f"{lead}{body}", hint)

@@ -21,6 +21,28 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
+def quiet_git_probe() -> None:
+    """lm-eval records the git commit of the working directory by running ``git describe``, whose
+    ``fatal: not a git repository`` reaches the terminal outside a repository (lm-eval then reads
+    ``.git`` itself). Same lookup, the probe's stderr silenced. Idempotent."""
+    import os
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    if getattr(evaluator.get_git_commit_hash, "__module__", "") == __name__:
+        return
+
+    def get_git_commit_hash():
+        try:
+            return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return get_commit_from_path(os.getcwd())
+
+    evaluator.get_git_commit_hash = get_git_commit_hash
+
+
 def evaluate_tasks(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     """``evaluate --tasks``: run lm-eval tasks on ``--ckpt``, print a table, write ``--out``."""
     problem = None
@@ -46,6 +68,7 @@ def evaluate_tasks(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     except ImportError as err:
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2
+    quiet_git_probe()
     res = run_lm_eval(a.ckpt, tasks, a.num_fewshot, limit=a.limit, batch_size=a.batch_size, device=a.device,
                       include_path=a.include_path, tokenizer=a.tokenizer)
     print(format_lm_eval_table(res))
@@ -67,6 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lm_eval.utils import setup_logging
 
     setup_logging()
+    quiet_git_probe()
     cli = HarnessCLI()
     sys.argv = ["lm_eval", *args]  # HarnessCLI reads sys.argv (and inserts the default `run`)
     ns = cli.parse_args()

@@ -193,7 +193,10 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", weights_
                 "code: load it with weights_only=False only if you trust its source"
             ) from err
         raise CheckpointLoadError(_corrupt_message(path, err)) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file, named as such
+        # RuntimeError/EOFError/OSError/ValueError from the zip reader; a small non-torch file goes to
+        # torch's legacy (pre-zip) unpickler, which fails with whatever its bytes decode to (KeyError,
+        # IndexError, AttributeError, ...)
         raise CheckpointLoadError(_corrupt_message(path, err)) from err
 
 
@@ -210,6 +213,15 @@ def _reason(err: BaseException) -> str:
 
 def _corrupt_message(path: Path, err: BaseException) -> str:
     size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    # torch.save writes a zip archive (PK..); torch's legacy format is a pickle (protocol byte 0x80)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):
+        return (f"cannot load checkpoint {path} ({size} bytes): not a torch checkpoint (it starts with {head!r}; "
+                "expected a .ckpt written by Lightning / torch.save, a .safetensors file or a checkpoint folder)")
     return (f"cannot load checkpoint {path} ({size} bytes): the file is truncated or corrupt "
             f"({type(err).__name__}: {_reason(err)}); use an earlier checkpoint")
 
@@ -271,6 +283,9 @@ def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
     """Wrap a CLI ``main(argv) -> int``: user-caused errors -> ``error: <one line>``, exit status 1."""
 
     def run(*args: Any, **kwargs: Any) -> int:
+        from .progress import silence_deepspeed_cpu_notice
+
+        silence_deepspeed_cpu_notice()
         try:
             return int(main(*args, **kwargs) or 0)
         except BrokenPipeError:

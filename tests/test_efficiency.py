@@ -8,8 +8,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_redllm.config import ModelConfig
-from lightning_redllm.eval.efficiency import (benchmark_model, decode_step_flops, inference_flops, kv_cache_bytes,
-                                              prefill_flops, quality_points)
+from lightning_redllm.eval import efficiency
+from lightning_redllm.eval.efficiency import (benchmark_model, decode_step_flops, format_efficiency, inference_flops,
+                                              kv_cache_bytes, prefill_flops, quality_points)
 from lightning_redllm.models import build_model
 from test_extrapolation import assert_valid_png
 
@@ -76,7 +77,10 @@ def test_benchmark_and_plots(tmp_path):
     row = benchmark_model(cfg, batch_sizes=[1, 2], prompt_len=8, new_tokens=4, repeats=1, name="redllm-xs")
     assert [b["batch_size"] for b in row["batches"]] == [1, 2]
     for b in row["batches"]:
-        assert b["prefill_s"] > 0 and b["total_s"] > 0 and b["decode_ms_per_token"] >= 0
+        assert b["prefill_s"] > 0 and b["total_s"] > 0
+        # a figure, or marked unreliable with the reason; never a silent zero
+        assert (b["decode_ms_per_token"] or 0) > 0 if b["decode_reliable"] else b["decode_ms_per_token"] is None
+        assert b["decode_reliable"] or b["decode_note"]
         assert b["tokens_per_s"] == pytest.approx(b["batch_size"] * 4 / b["total_s"])
         assert b["kv_cache_bytes"] == kv_cache_bytes(cfg, b["batch_size"], 8, 4)
     assert row["prefill_flops"] == prefill_flops(cfg, 8)
@@ -94,3 +98,53 @@ def test_benchmark_and_plots(tmp_path):
     assert_valid_png(png)
     with pytest.raises(ValueError, match="new_tokens"):
         benchmark_model(cfg, new_tokens=1)
+
+
+def _fake_timings(monkeypatch, timings):
+    """Replace the timed generation: ``timings[n]`` is the list of seconds handed out, in turn, for
+    ``n`` new tokens (the warm-up calls included)."""
+    calls = {n: iter(ts) for n, ts in timings.items()}
+    monkeypatch.setattr(efficiency, "_time_generate", lambda model, prompts, n, bos_id, compile: next(calls[n]))
+
+
+def test_a_broken_decode_timing_is_measured_again_then_marked_unreliable(monkeypatch):
+    """t(N) <= t(1) (a slow spell during the 1-token runs, a clock too coarse for the work): the decode
+    latency is their difference, so it would read 0.00 or below. It is re-measured with more pairs,
+    then reported as unreliable with the reason -- in the JSON (None) and in the table."""
+    cfg = ModelConfig.from_name("decllm-tiny", d_model=64, n_heads=2, ffn_dim=128, n_layers=1)
+    # warm-up (1 each), 3 pairs, then 6 more pairs: t(1) = 50 ms, t(5) = 40 ms every time
+    _fake_timings(monkeypatch, {1: [0.05] * 10, 5: [0.04] * 10})
+    row = benchmark_model(cfg, batch_sizes=[1], prompt_len=8, new_tokens=5, repeats=3)
+    (b,) = row["batches"]
+    assert b["decode_pairs"] == 9 and not b["decode_reliable"]
+    assert b["decode_ms_per_token"] is None and b["decode_tokens_per_s"] is None
+    assert b["decode_note"] == "t(5) <= t(1) in 9 of 9 timing pairs"
+    table = format_efficiency({"device": "cpu", "dtype": "float32", "workload": {"prompt_len": 8, "new_tokens": 5},
+                               "models": [row]})
+    cells = [c.strip() for c in table.splitlines()[4].split("|")]
+    assert cells[5] == "unreliable (t(5) <= t(1) in 9 of 9 timing pairs)", table
+
+
+def test_a_stable_decode_timing_is_reported_with_its_spread(monkeypatch):
+    cfg = ModelConfig.from_name("decllm-tiny", d_model=64, n_heads=2, ffn_dim=128, n_layers=1)
+    # pairs (t(1), t(5)): (10 ms, 50 ms), (10, 58), (10, 50) -> per step 10, 12, 10 ms: median 10, ±10 %
+    _fake_timings(monkeypatch, {1: [0.01] * 4, 5: [0.05, 0.050, 0.058, 0.050]})
+    (b,) = benchmark_model(cfg, batch_sizes=[1], prompt_len=8, new_tokens=5, repeats=3)["batches"]
+    assert b["decode_pairs"] == 3 and b["decode_reliable"] and b["decode_note"] is None
+    assert b["decode_ms_per_token"] == pytest.approx(10.0) and b["decode_ms_spread"] == pytest.approx(0.1)
+    assert b["decode_tokens_per_s"] == pytest.approx(100.0)
+    assert efficiency.format_decode(b) == "10.00 ±10%"
+
+
+def test_a_noisy_decode_timing_gets_a_second_longer_measurement(monkeypatch):
+    """A spread over the limit in the first pairs is measured again with twice as many; over all nine
+    pairs the one slow pair no longer decides (interquartile spread): the figure is the median."""
+    cfg = ModelConfig.from_name("decllm-tiny", d_model=64, n_heads=2, ffn_dim=128, n_layers=1)
+    tn = [0.05, 0.05, 0.20, 0.05] + [0.05] * 6  # the first 3 pairs: 10, 47.5, 10 ms per step (±188 %)
+    _fake_timings(monkeypatch, {1: [0.01] * 10, 5: tn})
+    (b,) = benchmark_model(cfg, batch_sizes=[1], prompt_len=8, new_tokens=5, repeats=3)["batches"]
+    assert b["decode_pairs"] == 9 and b["decode_reliable"]
+    assert b["decode_ms_per_token"] == pytest.approx(10.0) and b["decode_ms_spread"] == pytest.approx(0.0)
+    # without the second measurement the same three pairs are unreliable
+    first = efficiency.decode_estimate([0.01] * 3, tn[1:4], 5)
+    assert not first["decode_reliable"] and first["decode_note"] == "spread ±188% across 3 timing pairs"

@@ -7,6 +7,7 @@ import zlib
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -41,6 +42,9 @@ class ShardIterableDataset(IterableDataset):
 
     kind = ""  # "pretrain" | "instruct"
     exts: tuple[str, ...] = ()
+    #: each reader warns about a damaged shard (once); a ResumableDataLoader turns this off and warns
+    #: once per rank itself, so workers meeting the same shard do not repeat it
+    warn_bad_shards = True
 
     def __init__(
         self,
@@ -92,7 +96,7 @@ class ShardIterableDataset(IterableDataset):
             self.shards, self.exts, reader_id=self.rank * num_workers + worker, num_workers=num_workers,
             world_size=self.world_size, seed=self.seed, shuffle=self.shuffle, shuffle_buffer=self.shuffle_buffer,
             max_epochs=self.max_epochs, mixture=self.mixture, split=self.split, on_bad_shard=self.on_bad_shard,
-            stats=stats, vocab_size=self.vocab_size,
+            stats=stats, vocab_size=self.vocab_size, warn_bad_shards=self.warn_bad_shards,
         )
 
     def validate(self, num_workers: int) -> None:
@@ -148,7 +152,7 @@ class ShardIterator:
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.config, "stream": self.stream.state_dict(), "emitted": self.emitted,
-            "stats": dict(self.stats), **self.extra_state(),
+            "stats": dict(self.stats), "bad_shards": self.stream.bad_shard_list(), **self.extra_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -346,7 +350,12 @@ class ShardDataModule(L.LightningDataModule):
 
 class DataStatsLogger(L.Callback):
     """Logs the train data counters (``data/tokens``, ``data/documents``, ``data/bad_shards``, ...)
-    of a :class:`ShardDataModule` every ``every_n_steps`` optimizer steps (summed over ranks)."""
+    of a :class:`ShardDataModule` every ``every_n_steps`` optimizer steps (summed over ranks), and
+    at the end of training names the shards given up in this run (damaged ones, found while
+    streaming, and the ones left out at start by ``on_bad_shard="skip"``).
+
+    ``data/bad_shards`` counts distinct shards over all ranks and workers (a damaged shard is met
+    again on every pass over the data), plus those left out at start."""
 
     def __init__(self, every_n_steps: int = 50):
         super().__init__()
@@ -356,6 +365,45 @@ class DataStatsLogger(L.Callback):
         dm = trainer.datamodule
         if not isinstance(dm, ShardDataModule) or trainer.global_step % self.every_n_steps:
             return
-        stats = {f"data/{k}": float(v) for k, v in sorted(dm.stats().items())}
+        stats = dm.stats()
+        stats.pop("bad_shards", None)
+        if dm._train_loader is not None:  # distinct over ranks: one all-gather of a per-shard flag, not a sum
+            bad = len(_global_bad_shards(trainer, pl_module, dm)) + len(dm.train_set.skipped)
+            pl_module.log("data/bad_shards", float(bad), on_step=True, on_epoch=False, sync_dist=False)
+        stats = {f"data/{k}": float(v) for k, v in sorted(stats.items())}
         if stats:
             pl_module.log_dict(stats, on_step=True, on_epoch=False, reduce_fx="sum", sync_dist=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if not isinstance(dm, ShardDataModule) or dm._train_loader is None:
+            return
+        damaged = _global_bad_shards(trainer, pl_module, dm)
+        skipped = [url for url, _ in dm.train_set.skipped]
+        if trainer.is_global_zero and (damaged or skipped):
+            parts = []
+            if damaged:
+                parts.append(f"{len(damaged)} damaged ({_first(damaged)})")
+            if skipped:
+                parts.append(f"{len(skipped)} left out at start ({_first(skipped)})")
+            log.warning("data: %d shard(s) given up in this run (on_bad_shard='skip'): %s",
+                        len(damaged) + len(skipped), "; ".join(parts))
+
+
+def _first(urls: list[str], n: int = 3) -> str:
+    return ", ".join(urls[:n]) + (f", ... (+{len(urls) - n})" if len(urls) > n else "")
+
+
+def _global_bad_shards(trainer: L.Trainer, pl_module: L.LightningModule, dm: ShardDataModule) -> list[str]:
+    """The damaged train shards met so far by any worker of any rank (collective when world > 1)."""
+    loader = dm._train_loader
+    local = (loader.bad_shards() if loader is not None else None) or {}
+    urls = dm.train_set.urls
+    if trainer.world_size > 1:
+        flags = torch.zeros(len(urls), dtype=torch.int32, device=pl_module.device)
+        if local:
+            flags[list(local)] = 1
+        ids = pl_module.all_gather(flags).reshape(-1, len(urls)).amax(0).nonzero().flatten().tolist()
+    else:
+        ids = sorted(local)
+    return [urls[i] for i in ids]

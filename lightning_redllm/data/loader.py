@@ -69,6 +69,9 @@ class ResumableDataLoader(StatefulDataLoader):
             raise ValueError("ResumableDataLoader needs snapshot_every_n_steps=1 for exact resume")
         if hasattr(dataset, "validate"):  # fail before forking workers (a failing worker takes ~5 s to reap)
             dataset.validate(kwargs.get("num_workers", 0))
+        if hasattr(dataset, "warn_bad_shards"):
+            dataset.warn_bad_shards = False  # warned here, once per rank (_warn_new_bad_shards)
+        self._warned_bad: set[int] = set()
         with warnings.catch_warnings():  # torchdata 0.11 calls the deprecated torch.set_vital
             warnings.filterwarnings("ignore", message=".*set_vital.*")
             super().__init__(dataset, **kwargs)
@@ -95,7 +98,9 @@ class ResumableDataLoader(StatefulDataLoader):
     def _generate(self, it: Iterator[Any]) -> Iterator[Any]:
         for batch in it:
             self._yielded += 1
-            self._history.append(StatefulDataLoader.state_dict(self))
+            state = StatefulDataLoader.state_dict(self)
+            self._history.append(state)
+            self._warn_new_bad_shards(state)
             yield batch
         self._live = False
 
@@ -148,12 +153,38 @@ class ResumableDataLoader(StatefulDataLoader):
                 f"num_workers={self.num_workers}; exact resume needs the same values"
             )
         super().load_state_dict(state_dict["ranks"][rank])
+        # damaged shards met before the checkpoint were warned about then; the run's end report lists them
+        self._warned_bad |= set(self.bad_shards(state_dict["ranks"][rank]) or ())
 
     # -- counters ------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Counters (tokens, documents, truncations, bad shards) summed over this rank's workers."""
+        """Counters (tokens, documents, truncations) summed over this rank's workers; ``bad_shards``
+        counts distinct shards (workers may each meet the same damaged shard in different epochs)."""
         total: dict[str, int] = {}
         for st in worker_states(self.local_state_dict()):
             for k, v in st.get("stats", {}).items():
                 total[k] = total.get(k, 0) + int(v)
+        bad = self.bad_shards()
+        if bad is not None:
+            total["bad_shards"] = len(bad)
         return total
+
+    def bad_shards(self, state: dict[str, Any] | None = None) -> dict[int, str] | None:
+        """Shard id (index into the dataset's shard list) -> why, for the shards this rank's workers
+        found damaged so far; None when the worker states do not track them."""
+        found: dict[int, str] | None = None
+        for st in worker_states(self.local_state_dict() if state is None else state):
+            if "bad_shards" in st:
+                found = found if found is not None else {}
+                found.update({int(i): str(why) for i, why in st["bad_shards"]})
+        return found
+
+    def _warn_new_bad_shards(self, state: dict[str, Any]) -> None:
+        """Warn once per damaged shard on this rank (the workers are told not to, see
+        ``ShardIterableDataset.warn_bad_shards``: each would repeat it when it meets the shard)."""
+        from .stream import bad_shard_warning
+
+        for i, why in sorted((self.bad_shards(state) or {}).items()):
+            if i not in self._warned_bad:
+                self._warned_bad.add(i)
+                log.warning(bad_shard_warning(why))

@@ -54,6 +54,10 @@ def _warn_once(msg: str, *args) -> None:
         log.warning(text)
 
 
+def bad_shard_warning(why: str) -> str:
+    return f"skipping the rest of a bad shard (on_bad_shard='skip'; its readable part is still used, warned once): {why}"
+
+
 def new_stats() -> dict[str, int]:
     return {"documents": 0, "tokens": 0, "bad_shards": 0}
 
@@ -172,8 +176,12 @@ class _SourceLoop:
                 except BadShardError as exn:
                     if s.on_bad_shard == "raise":
                         raise
-                    s.stats["bad_shards"] += 1
-                    log.warning("skipping the rest of a bad shard (on_bad_shard='skip'): %s", exn)
+                    # every pass re-reads the shard up to the damage: count it, and say so, once
+                    if shard not in s.bad_shards:
+                        s.bad_shards[shard] = str(exn)
+                        s.stats["bad_shards"] += 1
+                        if s.warn_bad_shards:
+                            log.warning(bad_shard_warning(str(exn)))
                 self.cursor += 1
                 self.offset = 0
             self.epoch += 1
@@ -207,6 +215,7 @@ class DocStream:
         on_bad_shard: str = "raise",
         stats: dict[str, int] | None = None,
         vocab_size: int | None = None,
+        warn_bad_shards: bool = True,
     ):
         if on_bad_shard not in BAD_SHARD_POLICIES:
             raise ValueError(f"on_bad_shard={on_bad_shard!r}; expected one of {BAD_SHARD_POLICIES}")
@@ -218,6 +227,10 @@ class DocStream:
         self.seed, self.shuffle, self.buffer_size = seed, shuffle, shuffle_buffer
         self.max_epochs, self.split, self.on_bad_shard = max_epochs, split, on_bad_shard
         self.stats = stats if stats is not None else new_stats()
+        #: shard id -> why, for the shards this reader found damaged (each counted in ``stats['bad_shards']``
+        #: and warned about once; a ResumableDataLoader warns instead, once per rank: ``warn_bad_shards``)
+        self.bad_shards: dict[int, str] = {}
+        self.warn_bad_shards = warn_bad_shards
         # token ids must fit the manifest's tokenizer and the model (``vocab_size``): shards without
         # a manifest (URLs, user shards) are only checked against the model
         bounds = [(int(v), who) for v, who in ((shards.tokenizer.get("vocab_size"), "the manifest's tokenizer"),
@@ -293,6 +306,7 @@ class DocStream:
             "buffer": refs,  # shard id, sample index of each buffered document — re-read on restore
             "exhausted": self.exhausted,
             "rng": self.rng.bit_generator.state,
+            "bad_shards": self.bad_shard_list(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -308,6 +322,11 @@ class DocStream:
             loop.load_state_dict(st)
         self.exhausted = bool(state["exhausted"])
         self.rng.bit_generator.state = state["rng"]
+        self.bad_shards = {int(i): str(why) for i, why in state.get("bad_shards", ())}  # absent: older runs
+
+    def bad_shard_list(self) -> list[list]:
+        """``[[shard id, why], ...]`` (plain values: loads with ``weights_only=True``)."""
+        return [[i, why] for i, why in sorted(self.bad_shards.items())]
         raw = state["buffer"] or b""
         refs = [(int(s), int(i)) for s, i in np.frombuffer(raw, dtype=np.int64).reshape(-1, 2).tolist()]
         self.buffer = self.fetch(refs)

@@ -6,6 +6,11 @@ Measurement goes through the public :func:`lightning_redllm.generate.generate` w
 prompt's forward pass and the first token), the decode latency is
 ``(t(new_tokens) - t(1)) / (new_tokens - 1)`` per step, and throughput is
 ``batch * new_tokens / t(new_tokens)``; each is the median of ``repeats`` runs after one warm-up.
+The two generations are timed in pairs, one decode estimate per pair; their spread is reported
+(``±`` half the interquartile range -- half the range below 4 pairs -- relative to the median). A
+median that is not positive or a spread over :data:`MAX_DECODE_SPREAD` is measured again with twice as
+many pairs and, if still so, reported as unreliable (``decode_ms_per_token`` None, the table says
+why), never as a number: the difference of two noisy timings can be zero or negative.
 
 Analytic FLOPs (2 per multiply-add, matmuls only, attention products in full, as
 ``config.forward_flops_per_sequence``), for a prompt of P tokens and N generated tokens:
@@ -31,6 +36,8 @@ import torch
 from ..config import ModelConfig, num_parameters
 
 KIND = "lightning_redllm.efficiency/1"
+#: largest accepted spread of the per-pair decode estimates: half their range / their median
+MAX_DECODE_SPREAD = 0.5
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,15 +154,57 @@ def benchmark_model(cfg: ModelConfig, *, batch_sizes: Sequence[int] = (1, 4, 16)
         prompts = torch.randint(4, cfg.vocab_size, (b, prompt_len), generator=gen).tolist()
         for n in (1, new_tokens):  # warm-up of both measured shapes (allocations, RoPE tables, compilation)
             _time_generate(model, prompts, n, bos_id=2, compile=compile)
-        t1 = statistics.median(_time_generate(model, prompts, 1, 2, compile) for _ in range(repeats))
-        tn = statistics.median(_time_generate(model, prompts, new_tokens, 2, compile) for _ in range(repeats))
-        decode_s = max(tn - t1, 0.0) / (new_tokens - 1)
+        t1s: list[float] = []
+        tns: list[float] = []
+
+        def measure(pairs: int) -> dict:
+            for _ in range(pairs):  # paired: a slow spell of the machine hits both timings of a pair
+                t1s.append(_time_generate(model, prompts, 1, 2, compile))
+                tns.append(_time_generate(model, prompts, new_tokens, 2, compile))
+            return decode_estimate(t1s, tns, new_tokens)
+
+        dec = measure(repeats)
+        if not dec["decode_reliable"]:
+            dec = measure(2 * repeats)  # noisy or broken: measure longer before reporting
+        tn = statistics.median(tns)
+        ms = dec["decode_ms_per_token"]
         row["batches"].append({
-            "batch_size": b, "prefill_s": t1, "decode_ms_per_token": 1000 * decode_s, "total_s": tn,
-            "tokens_per_s": b * new_tokens / tn, "decode_tokens_per_s": b / decode_s if decode_s > 0 else None,
+            "batch_size": b, "prefill_s": statistics.median(t1s), **dec, "total_s": tn,
+            "tokens_per_s": b * new_tokens / tn, "decode_tokens_per_s": 1000 * b / ms if ms else None,
             "kv_cache_bytes": kv_cache_bytes(cfg, b, prompt_len, new_tokens, bytes_per_value),
         })
     return row
+
+
+def decode_estimate(t1s: Sequence[float], tns: Sequence[float], new_tokens: int) -> dict:
+    """Per-step decode latency from paired timings of 1- and ``new_tokens``-token generations:
+    ``decode_ms_per_token`` (median over the pairs; None when unreliable), ``decode_ms_spread`` (half
+    the interquartile range -- half the range below 4 pairs -- over the median; None for one pair),
+    ``decode_pairs``, ``decode_reliable`` and, when not, ``decode_note`` saying why."""
+    per = sorted(1000 * (tn - t1) / (new_tokens - 1) for t1, tn in zip(t1s, tns))
+    med = statistics.median(per)
+    if len(per) >= 4:
+        q1, _, q3 = statistics.quantiles(per, n=4, method="inclusive")
+        width, what = q3 - q1, "interquartile "
+    else:
+        width, what = per[-1] - per[0], ""
+    spread = width / 2 / med if med > 0 and len(per) > 1 else None
+    note = None
+    if med <= 0:
+        bad = sum(1 for x in per if x <= 0)
+        note = f"t({new_tokens}) <= t(1) in {bad} of {len(per)} timing pairs"
+    elif spread is not None and spread > MAX_DECODE_SPREAD:
+        note = f"{what}spread ±{100 * spread:.0f}% across {len(per)} timing pairs"
+    return {"decode_ms_per_token": med if note is None else None, "decode_ms_spread": spread,
+            "decode_pairs": len(per), "decode_reliable": note is None, "decode_note": note}
+
+
+def format_decode(b: dict) -> str:
+    """The table's decode cell: ``1.23 ±4%``, or ``unreliable (why)``."""
+    if not b.get("decode_reliable", True) or b.get("decode_ms_per_token") is None:
+        return f"unreliable ({b.get('decode_note') or 'no measurement'})"
+    spread = b.get("decode_ms_spread")
+    return f"{b['decode_ms_per_token']:.2f}" + (f" ±{100 * spread:.0f}%" if spread is not None else " (1 pair)")
 
 
 def resolve_presets(entries: Sequence, families: Sequence[str] = ("redllm", "decllm")) -> list[tuple[str, ModelConfig]]:
@@ -202,9 +251,12 @@ def format_efficiency(res: dict) -> str:
     for m in res["models"]:
         for b in m["batches"]:
             lines.append(f"| {m['name']} | {m['parameters'] / 1e6:.2f}M | {b['batch_size']} | {1000 * b['prefill_s']:.1f} | "
-                         f"{b['decode_ms_per_token']:.2f} | {b['tokens_per_s']:.0f} | "
+                         f"{format_decode(b)} | {b['tokens_per_s']:.0f} | "
                          f"{b['kv_cache_bytes'] / 2 ** 20:.2f} | {m['prefill_flops'] / 1e9:.3f} | "
                          f"{m['decode_flops_per_token'] / 1e6:.2f} |")
+    lines += ["", "decode: median per-step latency (t(new) - t(1)) / (new - 1) over paired timings, ± half their "
+                  "interquartile range (the range below 4 pairs); unreliable when the median is not positive or the "
+                  f"spread exceeds ±{100 * MAX_DECODE_SPREAD:.0f}% after a second, longer measurement"]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ import logging
 from typing import Any, Literal, Optional
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torchmetrics import MeanMetric
 
@@ -32,7 +33,7 @@ from ..config import ModelConfig
 from ..errors import NonFiniteLossError
 from ..models import LanguageModel, ModelOutput, build_model
 from ..tokenizer import Tokenizer, load_tokenizer
-from .checkpoint import check_compatible, load_weights, stream_weights
+from .checkpoint import check_compatible, init_from_message, read_checkpoint, stream_weights
 from .optim import OPTIMIZERS, build_optimizer, lr_multiplier, param_groups, scale_grad
 
 log = logging.getLogger(__name__)
@@ -217,10 +218,11 @@ class LanguageModelModule(L.LightningModule):
         model.to_empty(device=self.trainer.strategy.root_device)
         model.init_weights()  # on the DTensor shards
         if self.hparams.init_from:
-            state, saved_cfg = load_weights(self.hparams.init_from)
+            ckpt = read_checkpoint(self.hparams.init_from)
             with torch.device("meta"):
-                check_compatible(self.config, saved_cfg, state, build_model(self.config), self.hparams.init_from)
-            set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+                check_compatible(self.config, ckpt.config, ckpt.state, build_model(self.config), self.hparams.init_from)
+            set_model_state_dict(model, ckpt.state, options=StateDictOptions(full_state_dict=True))
+            rank_zero_info(init_from_message(self.hparams.init_from, self.config, ckpt.step))
         return model
 
     def _zero3(self) -> bool:
@@ -255,7 +257,7 @@ class LanguageModelModule(L.LightningModule):
                             for pname, param in own.items():
                                 if reader:
                                     param.copy_(src.get(f"{name}.{pname}" if name else pname))
-            log.info("initialized %s weights from %s", self.config.family, self.hparams.init_from)
+            rank_zero_info(init_from_message(self.hparams.init_from, self.config, src.step))
         if self.hparams.activation_checkpointing:
             from ..parallel import checkpoint_blocks_in_place
 
@@ -264,10 +266,10 @@ class LanguageModelModule(L.LightningModule):
 
     def load_weights(self, path: str) -> None:
         """Copy model weights from ``path`` (no optimizer state); refuses another family/size."""
-        state, saved_cfg = load_weights(path)
-        check_compatible(self.config, saved_cfg, state, self.model, path)
-        self.model.load_state_dict(state)
-        log.info("initialized %s weights from %s", self.config.family, path)
+        ckpt = read_checkpoint(path)
+        check_compatible(self.config, ckpt.config, ckpt.state, self.model, path)
+        self.model.load_state_dict(ckpt.state)
+        rank_zero_info(init_from_message(path, self.config, ckpt.step))
 
     # ------------------------------------------------------------------ to override
     def objective(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -446,7 +448,7 @@ class LanguageModelModule(L.LightningModule):
         log.warning("step %d: %s; skipped (%d consecutive, %d total)", step, what, self._bad_streak, self.skipped_steps)
         if self._bad_streak >= limit:
             path = f"{self.trainer.default_root_dir}/nonfinite-step{step}.ckpt"
-            self.trainer.save_checkpoint(path)
+            self.trainer.save_checkpoint(path, weights_only=False)  # full state; unset, Lightning says so on stdout
             raise NonFiniteLossError(
                 f"{what} at step {step} ({self._bad_streak} consecutive bad step(s), nan_policy="
                 f"{self.hparams.nan_policy!r}); checkpoint for inspection saved to {path}"

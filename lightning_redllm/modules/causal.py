@@ -10,6 +10,7 @@ from ..config import training_flops_per_sequence
 from ..data.objectives import causal_lm, instruct_decoder_only
 from ..models import ModelOutput
 from .base import LanguageModelModule
+from .contract import check_objective_output
 
 
 class DecLLMModule(LanguageModelModule):
@@ -25,6 +26,9 @@ class DecLLMModule(LanguageModelModule):
     """
 
     family = "decllm"
+    #: what :meth:`objective` returns: a dict with these tensors (and optionally those)
+    OBJECTIVE_KEYS = ("input_ids", "labels")
+    OPTIONAL_OBJECTIVE_KEYS = ("prefix_lengths",)
 
     def __init__(self, preset: str = "decllm-tiny", *, bidirectional_prefix: bool = False,
                  pad_to_multiple: int = 64, **kwargs: Any) -> None:
@@ -47,10 +51,12 @@ class DecLLMModule(LanguageModelModule):
                                      bidirectional_prefix=self.bidirectional_prefix)
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> bool:
+        check_objective_output(self, inputs, self.OBJECTIVE_KEYS, self.OPTIONAL_OBJECTIVE_KEYS)
         self.model.check_inputs(inputs["input_ids"], inputs.get("labels"), prefix_lengths=inputs.get("prefix_lengths"))
         return True
 
     def forward_batch(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        check_objective_output(self, inputs, self.OBJECTIVE_KEYS, self.OPTIONAL_OBJECTIVE_KEYS)
         return self.model(inputs["input_ids"], inputs.get("labels"), prefix_lengths=inputs.get("prefix_lengths"),
                           z_loss=self.hparams.z_loss, return_logits=inputs.get("return_logits"))
 

@@ -59,6 +59,7 @@ class Checkpoint(NamedTuple):
     state: dict[str, torch.Tensor]
     config: Optional[dict[str, Any]]
     hparams: Optional[dict[str, Any]]
+    step: Optional[int] = None  #: the training step it was saved at (None: not recorded, e.g. safetensors)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
@@ -100,7 +101,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     ckpt = load_lightning_checkpoint(path)
     if "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
-    return Checkpoint(_strip_prefix(ckpt["state_dict"]), ckpt.get("model_config"), ckpt.get("hyper_parameters"))
+    return Checkpoint(_strip_prefix(ckpt["state_dict"]), ckpt.get("model_config"), ckpt.get("hyper_parameters"),
+                      ckpt.get("global_step"))
 
 
 class WeightStream(NamedTuple):
@@ -110,6 +112,7 @@ class WeightStream(NamedTuple):
     shapes: dict[str, torch.Tensor]
     config: Optional[dict[str, Any]]
     get: Callable[[str], torch.Tensor]
+    step: Optional[int] = None  #: as :attr:`Checkpoint.step`
 
 
 @contextlib.contextmanager
@@ -151,12 +154,12 @@ def stream_weights(path: str | Path) -> Iterator[WeightStream]:
         if "state_dict" not in ckpt:
             raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' key)")
         state = _strip_prefix(ckpt["state_dict"])
-        cfg = ckpt.get("model_config")
+        cfg, step = ckpt.get("model_config"), ckpt.get("global_step")
         del ckpt
     else:
-        state, cfg = load_weights(path)
+        state, cfg, _, step = read_checkpoint(path)
     shapes = {k: torch.empty(v.shape, device="meta") for k, v in state.items()}
-    yield WeightStream(shapes, cfg, lambda name: state[name].clone())
+    yield WeightStream(shapes, cfg, lambda name: state[name].clone(), step)
 
 
 def _load_distributed_dir(path: Path) -> Checkpoint:
@@ -178,10 +181,18 @@ def _load_distributed_dir(path: Path) -> Checkpoint:
         ckpt = load_torch_file(full)
     if "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning sharded checkpoint (no 'state_dict')")
-    return Checkpoint(_strip_prefix(ckpt["state_dict"]), meta.get("model_config"), meta.get("hyper_parameters"))
+    return Checkpoint(_strip_prefix(ckpt["state_dict"]), meta.get("model_config"), meta.get("hyper_parameters"),
+                      meta.get("global_step"))
 
 
 def _load_deepspeed_dir(path: Path) -> Checkpoint:
+    if not any(path.rglob("*model_states.pt")):
+        from ..errors import CheckpointLoadError
+
+        raise CheckpointLoadError(
+            f"checkpoint folder {path} holds no checkpoint: no DeepSpeed *model_states.pt, no "
+            "torch.distributed.checkpoint meta.pt + *.distcp, no transformers config.json; pass a .ckpt or "
+            ".safetensors file or a checkpoint folder")
     try:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     except ImportError as err:
@@ -191,7 +202,7 @@ def _load_deepspeed_dir(path: Path) -> Checkpoint:
         ) from err
     from ..reliability import load_torch_file
 
-    cfg = hparams = None
+    cfg = hparams = step = None
     # weights_only=True first: a tampered model-states file is refused before DeepSpeed's loader
     # (which uses weights_only=False) opens the directory. DeepSpeed's own keys (param_shapes of
     # torch.Size, ds_config dict, ds_version str, ...) and Lightning's client state are plain data.
@@ -199,8 +210,9 @@ def _load_deepspeed_dir(path: Path) -> Checkpoint:
         client_state = load_torch_file(client, map_location="cpu", weights_only=True)
         if cfg is None:
             cfg, hparams = client_state.get("model_config"), client_state.get("hyper_parameters")
+            step = client_state.get("global_step")
     state = get_fp32_state_dict_from_zero_checkpoint(str(path))
-    return Checkpoint(_strip_prefix(state), cfg, hparams)
+    return Checkpoint(_strip_prefix(state), cfg, hparams, step)
 
 
 def check_compatible(own: ModelConfig, saved: Optional[dict[str, Any]], state: dict[str, torch.Tensor],
@@ -210,7 +222,8 @@ def check_compatible(own: ModelConfig, saved: Optional[dict[str, Any]], state: d
         other = ModelConfig.from_dict(saved)
         diffs = [f"{k}: checkpoint {getattr(other, k)!r} vs model {getattr(own, k)!r}"
                  for k in SHAPE_KEYS if getattr(other, k) != getattr(own, k)
-                 and not (k.startswith("n_") and k.endswith("layers") and _unused_layer_key(own, k))]
+                 and not (k.startswith("n_") and k.endswith("layers")
+                          and (_unused_layer_key(own, k) or _unused_layer_key(other, k)))]
         if diffs:
             raise ValueError(f"checkpoint {path} does not fit this model: " + "; ".join(diffs))
     # a ZeRO-3-partitioned parameter's tensor is its local shard; its real shape is ds_shape
@@ -246,6 +259,15 @@ def model_from_checkpoint(path: str | Path):
     check_compatible(cfg, ckpt.config, ckpt.state, model, path)
     model.load_state_dict(ckpt.state)
     return model, cfg, ckpt.hparams or {}
+
+
+def init_from_message(path: str | Path, config: ModelConfig, step: Optional[int]) -> str:
+    """The one line ``fit`` prints once ``init_from`` weights are in the model: file, step, parameters."""
+    from ..config import num_parameters
+
+    when = f"step {step}" if step is not None else "no training step recorded"
+    return (f"init_from: loaded {config.family} weights from {path} ({when}, "
+            f"{num_parameters(config) / 1e6:.2f}M parameters)")
 
 
 def _unused_layer_key(cfg: ModelConfig, key: str) -> bool:

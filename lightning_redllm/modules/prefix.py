@@ -11,6 +11,7 @@ from ..config import training_flops_per_sequence
 from ..data.objectives import instruct_encoder_decoder, prefix_lm
 from ..models import ModelOutput
 from .base import LanguageModelModule
+from .contract import check_objective_output
 
 
 class RedLLMModule(LanguageModelModule):
@@ -23,6 +24,9 @@ class RedLLMModule(LanguageModelModule):
     """
 
     family = "redllm"
+    #: what :meth:`objective` returns: a dict with these tensors (and optionally those)
+    OBJECTIVE_KEYS = ("encoder_input_ids", "decoder_input_ids", "labels")
+    OPTIONAL_OBJECTIVE_KEYS = ("encoder_lengths",)
 
     def __init__(self, preset: str = "redllm-tiny", *, prefix_len: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(preset=preset, **kwargs)
@@ -42,11 +46,13 @@ class RedLLMModule(LanguageModelModule):
                                         batch["target_lengths"], tok.bos_id, tok.pad_id)
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> bool:
+        check_objective_output(self, inputs, self.OBJECTIVE_KEYS, self.OPTIONAL_OBJECTIVE_KEYS)
         self.model.check_inputs(inputs["encoder_input_ids"], inputs["decoder_input_ids"], inputs.get("labels"),
                                 encoder_lengths=inputs.get("encoder_lengths"))
         return True
 
     def forward_batch(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        check_objective_output(self, inputs, self.OBJECTIVE_KEYS, self.OPTIONAL_OBJECTIVE_KEYS)
         return self.model(inputs["encoder_input_ids"], inputs["decoder_input_ids"], inputs.get("labels"),
                           encoder_lengths=inputs.get("encoder_lengths"), z_loss=self.hparams.z_loss,
                           return_logits=inputs.get("return_logits"))
