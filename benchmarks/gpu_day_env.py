@@ -32,8 +32,7 @@ THIRD_PARTY = ["torch", "triton", "lightning", "lightning.pytorch.strategies", "
                "transformers.models.llama", "transformers.models.t5gemma", "safetensors", "tokenizers",
                "sentencepiece", "numpy", "yaml", "deepspeed", "deepspeed.runtime.zero.stage3",
                "deepspeed.utils.zero_to_fp32", "pydantic", "webdataset", "torchdata.stateful_dataloader",
-               "jsonargparse", "omegaconf", "zstandard", "pytest", "xdist", "psutil",
-               "lightning_redllm.recipes"]  # the CLI's packaged recipes (pyproject maps recipes/ there)
+               "jsonargparse", "omegaconf", "zstandard", "pytest", "xdist", "psutil"]
 #: not carried to the GPU machine (the `eval` extra); modules that need them are reported, not failed
 OPTIONAL = {"lm_eval", "litgpt", "datasets"}
 
@@ -105,6 +104,15 @@ def main() -> int:
             optional_missing.append(f"{r['module']} (needs {r['missing']}: not carried)")
         else:
             problems.append(f"import {r['module']}: {r['error']}")
+    try:  # the CLI finds its recipes without an install (the checkout's recipes/)
+        from lightning_redllm.cli import RECIPES
+
+        res["recipes"] = str(RECIPES)
+        for name in ("quickstart.yaml", "strategy/zero3.yaml", "strategy/fsdp.yaml"):
+            if not (RECIPES / name).is_file():
+                problems.append(f"recipe {name} not found under {RECIPES}")
+    except Exception as err:  # noqa: BLE001 -- already reported by the import rows when it is an import
+        problems.append(f"the CLI's recipes: {type(err).__name__}: {err}"[:400])
     res["imports"] = rows
     res["optional_missing"] = optional_missing
     versions, dup = _distributions()

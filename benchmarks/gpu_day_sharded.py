@@ -97,7 +97,13 @@ def worker(a: argparse.Namespace) -> dict:
             kwargs = {**init_args, "config": config}
             if a.cpu:
                 sys.path.insert(0, str(REPO / "tests" / "data"))
+                import deepspeed.ops
                 from ds_cpu import CPUDeepSpeedStrategy
+
+                # DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce (C++, minutes on a
+                # loaded 2-core machine, once per torch build) for a world of one that never uses it; the
+                # CUDA accelerator has no such op, so the GPU path is untouched by this
+                deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
                 return CPUDeepSpeedStrategy(**kwargs)
         else:
@@ -201,7 +207,7 @@ def _count(n: int) -> str:
 
 def table(rows: list[dict]) -> str:
     gib = 2 ** 30
-    out = ["| strategy | model | params | precision / params | micro-batch x seq | peak GiB measured | "
+    out = ["| strategy | model | params | precision / stored params | micro-batch x seq | peak GiB measured | "
            "peak GiB plan | measured / plan | losses | resume |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -213,8 +219,10 @@ def table(rows: list[dict]) -> str:
         if "resume_ok" in r:
             res = (f"{'ok' if r['resume_ok'] else 'MISMATCH'} (max rel diff {r['max_rel_diff']:.1e}, "
                    f"{r['checkpoint_bytes'] / gib:.1f} GiB)")
+        mp = r.get("fsdp_mp_policy") or {}
+        gather = f", all-gathers {mp['param_dtype'].replace('torch.', '')}" if mp.get("param_dtype") else ""
         out.append(f"| {r['strategy']} | {r['preset']} | {_count(r['params'])} | {r['precision']} / "
-                   f"{r['param_dtype']} {r['param_type']} | {r['micro_batch']} x {r['seq_len']} | "
+                   f"{r['param_dtype']} {r['param_type']}{gather} | {r['micro_batch']} x {r['seq_len']} | "
                    f"{f'{meas / gib:.1f}' if meas else '-'} | {r['planned_peak_bytes'] / gib:.2f} | {ratio} | "
                    f"{' '.join(f'{x:.3f}' for x in r['losses'])} | {res} |")
     return "\n".join(out)
