@@ -43,6 +43,15 @@ TEXTS = ["In the beginning God created the heaven", "Hacker slang:", "The assign
 NEW = 10
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matmuls: one intra-op thread is as fast alone and much faster on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return load_tokenizer("bundled-bpe-4k")
@@ -238,7 +247,8 @@ def test_the_folder_stands_alone_without_lightning_redllm(exported, tok, tmp_pat
                               options=SamplingOptions(max_new_tokens=NEW)),
                      ([tok.bos_id] if kind == "decllm" else []) + tok.encode(TEXTS[0])))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),
+               OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, str(HERE / "data" / "hf_standalone.py"), json.dumps(jobs)], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
