@@ -21,6 +21,16 @@ step has the same shapes and one graph serves them all -- on CUDA a CUDA graph
 read inside a step; whether every row has finished is checked every ``DONE_CHECK_EVERY`` steps.
 The tokens are those of the eager paths (tested, greedy and seeded sampling, ragged batches).
 
+Shape buckets bound the number of graphs over ragged requests (an lm-eval loop): the batch is
+padded up to a power of two (1, 2, 4, ...) with dummy rows, the cache length (and RedLLM's encoder
+length) up to a power of two from 64 (64, 128, 256, ...) -- see :func:`static_buckets`. Dummy rows
+are computed and dropped (sampling sees the real rows only: same random draws as eager); padded
+cache slots and encoder positions are masked, so no real token changes. One graph per bucket,
+shared by every call and every model of the same architecture and dtype; the buffers of the last
+:data:`STATIC_POOL_SIZE` buckets are kept, so a CUDA graph replays on the same addresses. Dynamo's
+recompile limit is raised as new buckets appear, and hitting it anyway is an error, never a
+silent fall back to eager.
+
 A prompt plus ``max_new_tokens`` longer than the model's trained context (``config.max_seq_len``)
 is allowed -- RoPE extrapolates -- but warned about (:class:`ContextLengthWarning`).
 """
@@ -162,7 +172,8 @@ def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], *, bos_id: 
     ``progress(n)`` is called after each step with the number of tokens generated per prompt so far
     (e.g. a :class:`ProgressPrinter`). Warns :class:`ContextLengthWarning` when a prompt +
     ``max_new_tokens`` exceeds the trained context. ``compile``: decode with a static KV cache and
-    a compiled one-token step (see the module docstring); the first call pays the compilation.
+    a compiled one-token step (see the module docstring); the first call of each shape bucket
+    (:func:`static_buckets`) pays the compilation, later ones reuse its graph.
     """
     opts = options or SamplingOptions()
     _check_prompts(prompts)
