@@ -5,8 +5,13 @@ The compiled path must give exactly the tokens of the eager cached path and of t
 mask, RedLLM right-padded encoder + lengths), greedy and seeded sampling, for DecLLM with a
 bidirectional prompt too; and its step must really be static: one compiled graph for all steps.
 
-Cost: one inductor compilation per family (the same model object, batch and cache length serve
-every call in a family, so later calls hit the compiled graph).
+Shape buckets (``static_buckets``): a sweep of ragged calls compiles one graph per bucket, not per
+shape, with the eager tokens; the graph counter is shown to see per-shape compiles; more buckets than
+dynamo's recompile limit raise the limit, and a limit hit is an error.
+
+Cost: inductor compiles two graphs per family (batch buckets 4 and 8 at the 64 length floor; the
+first test's bucket is reused by the sweep when both run); the counter and limit tests trace with
+``backend="eager"`` (seconds per graph).
 """
 from __future__ import annotations
 
