@@ -1,6 +1,8 @@
 """The package as a user installs it: a non-editable wheel in a fresh virtual environment, run from
 a directory outside the checkout — the embedded default, a recipe composition by the README's
-paths, the recipe listing and the console script."""
+paths, the recipe listing and the console script — and from the clone's root, where the checkout's
+``lightning_redllm/`` shadows the installed wheel (``python -m`` puts the working directory first on
+``sys.path``) and has no ``recipes`` subpackage."""
 from __future__ import annotations
 
 import os
@@ -32,10 +34,20 @@ def installed(tmp_path_factory):
               "-w", str(root / "dist")], cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     wheel = next((root / "dist").glob("lightning_redllm-*.whl"))
-    # the dependencies (torch, lightning, ...) come from this interpreter; the package from the wheel
-    r = _run([sys.executable, "-m", "venv", "--system-site-packages", str(root / "venv")], cwd=root)
+    # the dependencies (torch, lightning, ...) come from this interpreter; the package from the wheel.
+    # Not --system-site-packages: that would also run the .pth files there, and with this checkout
+    # installed editable (as in development and CI) its import hook maps `lightning_redllm.recipes` to
+    # the checkout's recipes/ -- a user's venv has no such hook. A .pth line naming a folder only adds
+    # it to sys.path (the .pth files inside it are not processed).
+    import sysconfig
+
+    r = _run([sys.executable, "-m", "venv", str(root / "venv")], cwd=root)
     assert r.returncode == 0, r.stderr
     py = root / "venv" / "bin" / "python"
+    r = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root)
+    venv_site = Path(r.stdout.strip())
+    outer = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (venv_site / "outer-site-packages.pth").write_text("\n".join(outer) + "\n")
     r = _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     work = root / "work"
@@ -100,3 +112,28 @@ def test_console_script_lists_the_recipes(installed):
     r = _run([str(py.parent / "redllm"), "recipes"], cwd=work)
     assert r.returncode == 0, r.stderr
     assert "stage/pretrain.yaml" in r.stdout and "model/redllm-8b.yaml" in r.stdout
+
+
+def test_from_the_clone_root_the_shadowing_checkout_finds_its_recipes(installed, tmp_path):
+    """`pip install .` (not editable), then commands where the user stands: the clone's root."""
+    py, _, _ = installed
+    top = sorted(p.name for p in REPO.iterdir())
+    r = _run([str(py), "-c", "import lightning_redllm, importlib.util as u; print(lightning_redllm.__file__); "
+                             "print(u.find_spec('lightning_redllm.recipes'))"], cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    module_file, spec = r.stdout.split("\n", 1)
+    # the situation: the checkout's package is imported, and it has no recipes subpackage
+    assert module_file == str(REPO / "lightning_redllm" / "__init__.py") and spec.strip() == "None", r.stdout
+    r = _run([str(py), "-m", "lightning_redllm", "recipes"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"recipes in {REPO / 'recipes'}:" in r.stdout and "  stage/pretrain.yaml" in r.stdout
+    out = tmp_path / "run"
+    r = _run([str(py), "-m", "lightning_redllm", "fit", "--config", "recipes/stage/pretrain.yaml",
+              "--config", "model/decllm-tiny", "--config", "data/bundled-pretrain", "--config", "strategy/cpu",
+              "--trainer.max_steps", "2", "--trainer.accumulate_grad_batches", "1",
+              "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2",
+              "--data.init_args.seq_len", "64", "--trainer.default_root_dir", str(out)], cwd=REPO)
+    # recipes/stage/pretrain.yaml is the clone's file; model/decllm-tiny etc. are looked up by name
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in REPO.iterdir()) == top  # nothing written into the clone
