@@ -323,14 +323,14 @@ class DocStream:
         self.exhausted = bool(state["exhausted"])
         self.rng.bit_generator.state = state["rng"]
         self.bad_shards = {int(i): str(why) for i, why in state.get("bad_shards", ())}  # absent: older runs
-
-    def bad_shard_list(self) -> list[list]:
-        """``[[shard id, why], ...]`` (plain values: loads with ``weights_only=True``)."""
-        return [[i, why] for i, why in sorted(self.bad_shards.items())]
         raw = state["buffer"] or b""
         refs = [(int(s), int(i)) for s, i in np.frombuffer(raw, dtype=np.int64).reshape(-1, 2).tolist()]
         self.buffer = self.fetch(refs)
         self._refs[: len(refs)] = np.asarray(refs, dtype=np.int64).reshape(-1, 2)
+
+    def bad_shard_list(self) -> list[list]:
+        """``[[shard id, why], ...]`` (plain values: loads with ``weights_only=True``)."""
+        return [[i, why] for i, why in sorted(self.bad_shards.items())]
 
     def fetch(self, refs: list[tuple[int, int]]) -> list[Doc]:
         """Re-read the documents ``refs`` = [(shard id, sample index)], in the given order."""
