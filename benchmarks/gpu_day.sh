@@ -40,7 +40,7 @@ export TORCHINDUCTOR_CACHE_DIR=$SCRATCH/inductor TRITON_CACHE_DIR=$SCRATCH/trito
 
 if [[ $MODE == gpu ]]; then
   TOTAL=540
-  STAGES=(env:40 tests:90 train:140 decode:95 zero3:100 fsdp:60)
+  STAGES=(env:40 tests:80 train:140 decode:95 zero3:120 fsdp:60)
   PRESET=1b; DEVICE=cuda; CPU_FLAG=(); NPROC=4; STEPS=(--steps 3 --warmup 2)
 else
   TOTAL=1500
