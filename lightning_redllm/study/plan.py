@@ -173,7 +173,9 @@ def plan_stages(cfg: dict) -> list[Stage]:
 
 def format_plan(names: list[str], done: list[bool]) -> str:
     """The ``--dry_run`` listing: number, stage, done / to do."""
-    return "\n".join(f"{i:3d} {stage:<32} {'done' if d else 'to do'}" for i, (stage, d) in enumerate(zip(names, done), 1))
+    width = max([32, *map(len, names)])
+    return "\n".join(f"{i:3d} {stage:<{width}} {'done' if d else 'to do'}"
+                     for i, (stage, d) in enumerate(zip(names, done), 1))
 
 
 def format_budgets(cfg: dict) -> str:
