@@ -198,6 +198,15 @@ class LanguageModelModule(L.LightningModule):
             apply_activation_checkpointing(self.model)
         self._maybe_compile()
 
+    def configure_callbacks(self) -> list:
+        """Every fit gets the lost-rank watchdog (a no-op on one rank; see ``lightning_redllm.watchdog``),
+        unless the trainer already has one (e.g. with other settings, from a recipe)."""
+        from ..watchdog import LostRankWatchdog
+
+        if self._trainer is not None and any(isinstance(c, LostRankWatchdog) for c in self.trainer.callbacks):
+            return []
+        return [LostRankWatchdog()]
+
     def _maybe_compile(self) -> None:
         """``compile=True``: compile each block (after activation checkpointing / FSDP2 wrapping,
         so the recompute and the parameter gathering stay around the compiled code)."""
