@@ -54,8 +54,15 @@ def test_pages_show_commands():
     assert len(cmds) >= 20, len(cmds)
 
 
+def _reads_a_run_output(words: list[str]) -> bool:
+    """``--config runs/.../config.yaml``: a run's saved config, which exists only after that run
+    (re-running it is tested through the real entry point in tests/test_cli_user_path.py)."""
+    return any(a == "--config" and b.startswith("runs/") for a, b in zip(words, words[1:]))
+
+
 def test_every_documented_command_parses(tmp_path):
-    cmds = documented_commands()
+    cmds = [(page, w) for page, w in documented_commands() if not _reads_a_run_output(w)]
+    assert len(documented_commands()) - len(cmds) <= 2
     unique = []
     for _, words in cmds:
         if words not in unique:
