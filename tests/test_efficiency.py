@@ -2,6 +2,11 @@
 caches the models allocate, the measured benchmark and its plots."""
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -107,7 +112,7 @@ def _fake_timings(monkeypatch, timings):
     monkeypatch.setattr(efficiency, "_time_generate", lambda model, prompts, n, bos_id, compile: next(calls[n]))
 
 
-def test_a_broken_decode_timing_is_measured_again_then_marked_unreliable(monkeypatch):
+def test_a_broken_decode_timing_is_measured_again_then_marked_unreliable(monkeypatch, tmp_path):
     """t(N) <= t(1) (a slow spell during the 1-token runs, a clock too coarse for the work): the decode
     latency is their difference, so it would read 0.00 or below. It is re-measured with more pairs,
     then reported as unreliable with the reason -- in the JSON (None) and in the table."""
@@ -123,6 +128,10 @@ def test_a_broken_decode_timing_is_measured_again_then_marked_unreliable(monkeyp
                                "models": [row]})
     cells = [c.strip() for c in table.splitlines()[4].split("|")]
     assert cells[5] == "unreliable (t(5) <= t(1) in 9 of 9 timing pairs)", table
+    from lightning_redllm.eval.plots import plot_efficiency
+
+    (png,) = plot_efficiency({"workload": {}, "models": [row]}, tmp_path)  # the latency plot leaves it out
+    assert_valid_png(png)
 
 
 def test_a_stable_decode_timing_is_reported_with_its_spread(monkeypatch):
@@ -148,3 +157,22 @@ def test_a_noisy_decode_timing_gets_a_second_longer_measurement(monkeypatch):
     # without the second measurement the same three pairs are unreliable
     first = efficiency.decode_estimate([0.01] * 3, tn[1:4], 5)
     assert not first["decode_reliable"] and first["decode_note"] == "spread ±188% across 3 timing pairs"
+
+
+def test_the_efficiency_command_prints_a_figure_with_its_spread_or_says_unreliable(tmp_path):
+    """Through the real entry point: every decode cell is ``<ms> ±<spread>%`` or ``unreliable (<why>)``,
+    as the JSON says; no bare number (the issue's ``0.00`` beside 351 tokens/s)."""
+    r = subprocess.run([sys.executable, "-m", "lightning_redllm", "efficiency", "--presets", "tiny", "--batch_sizes",
+                        "1,2", "--prompt_len", "8", "--new_tokens", "4", "--repeats", "2", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "efficiency.json").read_text())
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| redllm-") or ln.startswith("| decllm-")]
+    batches = [b for m in res["models"] for b in m["batches"]]
+    assert len(rows) == len(batches) == 4, r.stdout
+    for row, b in zip(rows, batches):
+        cell = [c.strip() for c in row.split("|")][5]
+        if b["decode_reliable"]:
+            assert re.fullmatch(r"\d+\.\d\d ±\d+%", cell) and b["decode_ms_per_token"] > 0, (cell, b)
+        else:
+            assert cell == f"unreliable ({b['decode_note']})" and b["decode_ms_per_token"] is None, (cell, b)

@@ -273,8 +273,10 @@ def test_evaluate_subcommand_runs_lm_eval_tasks(ckpt, tmp_path):
     r = subprocess.run([sys.executable, "-m", "lightning_redllm", "evaluate", "--ckpt", str(ckpt), "--tasks",
                         "bundled_continuation_mc,bundled_next_word", "--num_fewshot", "1", "--limit", "3",
                         "--batch_size", "4", "--device", "cpu", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    # run outside a git repository: lm-eval's `git describe` probe must not reach the terminal
+    assert "not a git repository" not in r.stderr, r.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["family"] == "redllm" and data["num_fewshot"] == 1 and data["checkpoint"] == str(ckpt)
     assert set(data["results"]) == {"bundled_continuation_mc", "bundled_next_word"}

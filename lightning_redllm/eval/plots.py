@@ -95,11 +95,14 @@ def plot_efficiency(result: dict, out_dir: str | Path) -> list[Path]:
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
     for row in result["models"]:
-        pts = sorted((b["batch_size"], b["tokens_per_s"], b["decode_ms_per_token"]) for b in row["batches"])
+        pts = sorted(((b["batch_size"], b["tokens_per_s"], b["decode_ms_per_token"]) for b in row["batches"]),
+                     key=lambda p: p[0])
         color = COLORS.get(row["family"])
         ls = "-" if row["family"] == "redllm" else "--"
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", color=color, label=row["name"])
-        ax2.plot([p[0] for p in pts], [p[2] for p in pts], ls, marker="o", color=color, label=row["name"])
+        timed = [p for p in pts if p[2] is not None]  # None: a decode timing marked unreliable (not a value)
+        if timed:
+            ax2.plot([p[0] for p in timed], [p[2] for p in timed], ls, marker="o", color=color, label=row["name"])
     for ax, ylabel in ((ax1, "generated tokens / s"), (ax2, "decode latency (ms / step)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
