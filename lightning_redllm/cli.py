@@ -203,6 +203,26 @@ def _strategy_name(strategy: Any) -> str:
                                                           else type(strategy).__name__))
 
 
+def _cuda_only_deepspeed(strategy: Any) -> bool:
+    """Lightning's DeepSpeedStrategy (a registry name, the class, or a subclass that keeps its
+    ``setup_environment``, where Lightning refuses anything but CUDA). A subclass that overrides it
+    (a CPU test harness, another accelerator) is left to run."""
+    import importlib
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    name = _strategy_name(strategy)
+    if isinstance(strategy, str):
+        return name.lower().startswith("deepspeed")
+    module, _, attr = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module or "lightning.pytorch.strategies"), attr)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return (isinstance(cls, type) and issubclass(cls, DeepSpeedStrategy)
+            and cls.setup_environment is DeepSpeedStrategy.setup_environment)
+
+
 class RedLLMCLI(LightningCLI):
     """LightningCLI with the module/datamodule base classes of this package (subclass mode: any
     subclass is selected with ``--model.class_path`` / ``--data.class_path``)."""
@@ -269,7 +289,7 @@ class RedLLMCLI(LightningCLI):
         if torch.cuda.is_available():
             return
         have = "trainer.accelerator is cpu" if accelerator == "cpu" else "this machine has no CUDA GPU"
-        if "deepspeed" in strategy.lower():
+        if _cuda_only_deepspeed(trainer_cfg.get("strategy")):
             where = where_set("trainer.strategy", self._args)
             where = f"{where}: " if where.startswith("flag ") or ":" in where else ""
             raise ConfigError(
