@@ -59,7 +59,9 @@ def test_package_never_unpickles_untrusted_content():
             if name in ("np.load", "numpy.load") and not (
                     isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is False):
                 problems.append(where)
-            if any(k == "weights_only" and isinstance(v, ast.Constant) and v.value is False for k, v in kw.items()):
+            # (Trainer.save_checkpoint(weights_only=False) writes a full checkpoint: nothing is unpickled)
+            if any(k == "weights_only" and isinstance(v, ast.Constant) and v.value is False for k, v in kw.items()) \
+                    and not name.endswith(".save_checkpoint"):
                 problems.append(where)
     assert problems == [] and loads >= 1
     import inspect
