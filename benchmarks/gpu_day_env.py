@@ -105,7 +105,7 @@ def main() -> int:
         else:
             problems.append(f"import {r['module']}: {r['error']}")
     try:  # the CLI finds its recipes without an install (the checkout's recipes/)
-        from lightning_redllm.cli import RECIPES
+        from lightning_redllm.assets.recipes import RECIPES
 
         res["recipes"] = str(RECIPES)
         for name in ("quickstart.yaml", "strategy/zero3.yaml", "strategy/fsdp.yaml"):

@@ -14,7 +14,7 @@ recipe documents; AdamW, micro-batch x sequence of random tokens through a torch
 trains ``steps + N`` steps saving a sharded checkpoint after ``steps``; a fresh process-state
 (module, strategy, trainer) resumes from it and its N losses must match the uninterrupted run's
 (relative tolerance: 1e-2 in bf16 on the GPU, 1e-4 on the CPU). Peak allocated GPU memory over the
-training steps is printed next to ``lightning_redllm.plan``'s prediction for the same setting (the
+training steps is printed next to ``lightning_redllm.scale.plan``'s prediction for the same setting (the
 ``plan`` command's figures: states + buffers + activation peak at this micro-batch). ``--cpu``: tiny
 presets, ZeRO-3 through the CPU shim of ``tests/data/ds_cpu.py``, FSDP2 on gloo. The JSON is rewritten
 as each family finishes; exit 1 if any family failed or a resume did not match.
@@ -59,7 +59,7 @@ def worker(a: argparse.Namespace) -> dict:
 
     from lightning_redllm.config import num_parameters
     from lightning_redllm.modules import DecLLMModule, RedLLMModule
-    from lightning_redllm.plan import activation_mode, activation_peak_bytes, model_state_bytes
+    from lightning_redllm.scale.plan import activation_mode, activation_peak_bytes, model_state_bytes
 
     rec = recipe(a.strategy)
     tr = rec["trainer"]

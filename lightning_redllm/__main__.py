@@ -21,17 +21,17 @@ Run `python -m lightning_redllm <subcommand> --help` for the options of each.
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    from .commands import COMMANDS
+    from .cli.commands import COMMANDS
 
     if not args or args[0] in ("-h", "--help"):
         extra = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items())
         print(HELP.format(extra=extra))
         return 0
-    from .reliability import guarded
+    from .cli.guard import guarded
 
     if args[0] in COMMANDS:
         return guarded(COMMANDS[args[0]][0])(args[1:])
-    from .cli import LIGHTNING_SUBCOMMANDS, run_lightning
+    from .cli.lightning_cli import LIGHTNING_SUBCOMMANDS, run_lightning
 
     if args[0] not in LIGHTNING_SUBCOMMANDS:
         print(f"unknown subcommand {args[0]!r}; choose from {', '.join(LIGHTNING_SUBCOMMANDS + tuple(COMMANDS))}",

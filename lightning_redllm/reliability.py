@@ -1,4 +1,4 @@
-"""Fault tolerance: atomic checkpoint files, clear errors for unreadable ones, one-line CLI errors.
+"""Fault tolerance: atomic checkpoint files and clear errors for unreadable ones.
 
 * :class:`AtomicCheckpointIO` — a Lightning ``CheckpointIO`` (``--trainer.plugins
   lightning_redllm.reliability.AtomicCheckpointIO``) that writes every checkpoint to a temporary
@@ -19,9 +19,7 @@
   smaller filesystem) and ``shutil.move``-s it, which across filesystems is a plain copy — a kill
   during that copy leaves a truncated ``last.ckpt`` — and never fsyncs.
 
-* :func:`guarded` — wraps a CLI ``main`` so that user-caused failures (bad values, missing or
-  unwritable files, bad shards, non-finite loss) end with a one-line ``error: ...`` on stderr and
-  exit status 1 instead of a traceback. ``LIGHTNING_REDLLM_TRACEBACK=1`` shows the traceback.
+The CLI's one-line error wrapper (``guarded``) is in :mod:`lightning_redllm.cli.guard`.
 """
 from __future__ import annotations
 
@@ -29,7 +27,6 @@ import errno
 import logging
 import os
 import pickle
-import sys
 import uuid
 import zipfile
 from collections.abc import Callable
@@ -40,19 +37,18 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
-from .errors import USER_ERRORS, CheckpointLoadError, CheckpointWriteError
+from .errors import CheckpointLoadError, CheckpointWriteError
 
 log = logging.getLogger(__name__)
 
 TMP_MARKER = ".tmp-"
-TRACEBACK_ENV = "LIGHTNING_REDLLM_TRACEBACK"
 
 
 def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
-def _error_in_chain(err: Optional[BaseException], types) -> Optional[BaseException]:
+def error_in_chain(err: Optional[BaseException], types) -> Optional[BaseException]:
     """``err`` or the first exception it was raised from / while handling that is one of ``types``."""
     seen = set()
     while err is not None and id(err) not in seen:
@@ -65,7 +61,7 @@ def _error_in_chain(err: Optional[BaseException], types) -> Optional[BaseExcepti
 
 def _os_error_in(err: BaseException) -> Optional[OSError]:
     """The OSError behind ``err`` (torch.save turns a failing ``write`` into a RuntimeError)."""
-    return _error_in_chain(err, OSError)
+    return error_in_chain(err, OSError)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -251,60 +247,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                weights_only=True if weights_only is None else weights_only)
 
 
-# ------------------------------------------------------------------------------------------------
-# CLI errors
-
-
-def one_line(err: BaseException) -> str:
-    """``Type: message`` of ``err`` on one line; a DataLoader worker's re-raised error keeps only
-    the original exception's last line (torch embeds the worker traceback in the message)."""
-    text = str(err).strip()
-    name = type(err).__name__
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    elif text.startswith("Does not validate against any of the Union subtypes"):
-        # jsonargparse wraps a class's __init__ error in a union report; keep the real error(s)
-        errs = [ln.strip()[2:] for ln in text.splitlines()
-                if ln.strip().startswith("- ") and not ln.strip().startswith("- Expected a <class 'NoneType'>")]
-        text = "; ".join(errs) or text
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return f"{name}: {' '.join(lines)}" if lines else name
-
-
-def _user_error_behind(err: BaseException) -> Optional[BaseException]:
-    """``err`` if it is a user error; else a user error it was raised while handling. Lightning's
-    teardown can mask one: a dataloader that fails in ``iter()`` (say, a resume state from another
-    data config) is followed by ``RuntimeError: Please call iter(combined_loader) first``."""
-    return _error_in_chain(err, USER_ERRORS)
-
-
-def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
-    """Wrap a CLI ``main(argv) -> int``: user-caused errors -> ``error: <one line>``, exit status 1."""
-
-    def run(*args: Any, **kwargs: Any) -> int:
-        from .progress import silence_deepspeed_cpu_notice
-
-        silence_deepspeed_cpu_notice()
-        try:
-            return int(main(*args, **kwargs) or 0)
-        except BrokenPipeError:
-            # the output went into a reader that closed early (`... | head`): not a user error;
-            # point stdout at devnull so the interpreter's final flush does not raise again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
-        except Exception as err:  # noqa: BLE001 - re-raised unless a user error is behind it
-            user = _user_error_behind(err)
-            if user is None or os.environ.get(TRACEBACK_ENV):
-                raise
-            print(f"error: {one_line(user)}", file=sys.stderr)
-            if getattr(user, "hint", ""):
-                print(f"hint: {user.hint}", file=sys.stderr)
-            return 1
-
-    run.__wrapped__ = main  # type: ignore[attr-defined]
-    return run
-
-
 __all__ = ["AtomicCheckpointIO", "CheckpointLoadError", "CheckpointWriteError", "atomic_write", "check_writable",
-           "guarded", "load_torch_file", "one_line", "stale_temp_files", "verify_torch_archive"]
+           "error_in_chain", "load_torch_file", "stale_temp_files", "verify_torch_archive"]

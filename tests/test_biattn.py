@@ -79,7 +79,7 @@ def test_generation_attends_the_prompt_bidirectionally(use_cache):
 
 
 def test_checkpoint_records_biattn_and_generate_uses_it(tmp_path):
-    from lightning_redllm.commands import load_for_inference
+    from lightning_redllm.cli.commands import load_for_inference
     from lightning_redllm.modules import DecLLMModule
 
     module = DecLLMModule(preset="decllm-tiny", bidirectional_prefix=True,

@@ -201,7 +201,7 @@ def test_c_and_config_behave_the_same(tmp_path):
 
 def test_strategy_config_flags_merge_key_by_key():
     """jsonargparse would replace the recipe's whole DeepSpeed dict with the flag's one key, as a string."""
-    from lightning_redllm.cli import split_strategy_config_overrides
+    from lightning_redllm.cli.lightning_cli import split_strategy_config_overrides
 
     rest, over = split_strategy_config_overrides(
         ["fit", "--trainer.strategy.init_args.config.zero_optimization.reduce_bucket_size", "4194304",

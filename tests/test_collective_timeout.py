@@ -123,7 +123,8 @@ def test_killed_rank_zero_is_named_by_the_others(tmp_path):
 def test_recipes_set_a_ten_minute_collective_timeout(recipe, capsys):
     """The timeout each multi-rank recipe passes to its Lightning strategy (``init_args.timeout``), and
     the flag that overrides it."""
-    from lightning_redllm.cli import QUICKSTART, RECIPES, RedLLMCLI
+    from lightning_redllm.cli.lightning_cli import RedLLMCLI
+    from lightning_redllm.assets.recipes import QUICKSTART, RECIPES
 
     def timeout(*flags: str) -> str:
         with pytest.raises(SystemExit):

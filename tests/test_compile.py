@@ -16,7 +16,7 @@ import torch
 
 from lightning_redllm.config import ModelConfig
 from lightning_redllm.models import build_model
-from lightning_redllm.parallel import apply_activation_checkpointing
+from lightning_redllm.scale.parallel import apply_activation_checkpointing
 
 SMALL = dict(vocab_size=256, d_model=32, n_heads=2, head_dim=16, ffn_dim=64, n_layers=2, n_encoder_layers=1,
              n_decoder_layers=2, loss_chunk_tokens=24)  # 2 x 20 tokens -> the loss runs two chunks
@@ -99,7 +99,8 @@ def test_compiled_training_matches_eager(family, checkpointing):
 def test_module_option_and_recipe(tmp_path):
     """``compile`` is a module argument (saved in hparams, set by recipes/feature/compile.yaml):
     configure_model compiles the blocks, after activation checkpointing."""
-    from lightning_redllm.cli import QUICKSTART, RECIPES, RedLLMCLI
+    from lightning_redllm.cli.lightning_cli import RedLLMCLI
+    from lightning_redllm.assets.recipes import QUICKSTART, RECIPES
     from lightning_redllm.modules import DecLLMModule
 
     small = SMALL | {"vocab_size": 4096}  # the bundled tokenizer's
@@ -117,7 +118,7 @@ def test_module_option_and_recipe(tmp_path):
 def test_generate_cli_compile_flag(tmp_path, monkeypatch, capsys):
     """``generate --compile`` reaches ``generate_text(compile=True)`` (the compiled path's tokens are
     tested in tests/test_static_cache.py); ``--compile --no_cache`` is refused in one line."""
-    from lightning_redllm import commands
+    from lightning_redllm.cli import commands
     from lightning_redllm.modules import RedLLMModule
 
     m = RedLLMModule(preset="redllm-tiny", overrides=SMALL | {"vocab_size": 4096})

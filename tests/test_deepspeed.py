@@ -17,21 +17,38 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def ds_fit(family: str, strategy: str, precision: str, steps: int, root: Path, resume: Path | None = None) -> dict[int, dict]:
+def ds_fit(family: str, strategy: str, precision: str, steps: int, root: Path, resume: Path | None = None,
+           save_at: int | None = None) -> dict[int, dict]:
     root.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DS_FIT_SAVE_AT": str(save_at or 0)}
     r = subprocess.run([sys.executable, str(REPO / "tests/data/ds_fit.py"), family, strategy, precision, str(steps),
                         str(root)] + ([str(resume)] if resume else []), capture_output=True, text=True, timeout=900,
-                       cwd=root.parent)
+                       cwd=root.parent, env=env)
     files = sorted(root.glob("result-rank*.json"))
     assert r.returncode == 0 and len(files) == 2, (r.stdout[-2000:], r.stderr[-4000:])
     rows = [json.loads(f.read_text()) for f in files]
     return {row["rank"]: row for row in rows}
 
 
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """The DDP reference run of a family (3 fp32 steps), made once per module and shared by the ZeRO-3
+    comparisons: (per-rank results, run folder)."""
+    runs: dict[str, tuple[dict, Path]] = {}
+
+    def get(family: str) -> tuple[dict, Path]:
+        if family not in runs:
+            root = tmp_path_factory.mktemp(f"ddp-{family}") / "ddp"
+            runs[family] = (ds_fit(family, "ddp", "32-true", 3, root), root)
+        return runs[family]
+
+    return get
+
+
 @pytest.mark.parametrize("family, recipe", [("decllm", "zero3"), ("redllm", "zero3"), ("redllm", "zero3-offload")])
-def test_zero3_matches_ddp_and_consolidates_one_tied_matrix(family, recipe, tmp_path):
+def test_zero3_matches_ddp_and_consolidates_one_tied_matrix(family, recipe, tmp_path, ddp_run):
     zero = ds_fit(family, recipe, "32-true", 3, tmp_path / "zero3")
-    ddp = ds_fit(family, "ddp", "32-true", 3, tmp_path / "ddp")
+    ddp, ddp_root = ddp_run(family)
     assert zero[0]["partitioned"] and not ddp[0]["partitioned"]
     assert zero[0]["optimizer_offloaded"] == (recipe == "zero3-offload")
     # each rank holds only its shard of the embedding (vocab 4096 x 64 = 262,144 elements in all)
@@ -46,7 +63,7 @@ def test_zero3_matches_ddp_and_consolidates_one_tied_matrix(family, recipe, tmp_
     # init and seed: its loss is the mean of the two ranks' (every packed sequence has the same token
     # count), equal up to fp32 reduction order (same 1e-4 bound as above)
     if recipe == "zero3-offload":  # the offload run equals DDP above; one single-process replay per family suffices
-        return _check_consolidated(family, tmp_path, zero)
+        return _check_consolidated(family, tmp_path, zero, ddp_root)
     single_root = tmp_path / "single"
     single_root.mkdir()
     r = subprocess.run([sys.executable, str(REPO / "tests/data/ds_fit.py"), family, "single", "32-true", "3",
@@ -57,16 +74,16 @@ def test_zero3_matches_ddp_and_consolidates_one_tied_matrix(family, recipe, tmp_
     pairs = [(a + b) / 2 for a, b in zip(zero[0]["losses"], zero[1]["losses"])]
     assert len(single) == 3 and single == pytest.approx(pairs, abs=1e-4), (single, pairs)
     assert max(abs(a - b) for a, b in zip(zero[0]["losses"], zero[1]["losses"])) > 1e-3  # ranks saw different data
-    _check_consolidated(family, tmp_path, zero)
+    _check_consolidated(family, tmp_path, zero, ddp_root)
 
 
-def _check_consolidated(family, tmp_path, zero):
+def _check_consolidated(family, tmp_path, zero, ddp_root):
     from lightning_redllm.modules.checkpoint import model_from_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(tmp_path / "zero3" / "final.ckpt")
     embeds = [k for k in ckpt.state if "embed" in k or "lm_head" in k]
     assert embeds == ["embed.weight"]  # one matrix for encoder input, decoder input and output
-    ddp_state = read_checkpoint(tmp_path / "ddp" / "final.ckpt").state
+    ddp_state = read_checkpoint(ddp_root / "final.ckpt").state
     assert ckpt.state.keys() == ddp_state.keys()
     for k, v in ddp_state.items():
         # consolidated ZeRO-3 weights equal the DDP run's after the same 3 steps (fp32, see above)
@@ -105,15 +122,16 @@ def test_zero3_bf16_export_reload_generate(family, tmp_path):
 # RedLLM with the plain recipe, DecLLM with the offload recipe (both ZeRO-3): each family and each recipe once
 @pytest.mark.parametrize("family, recipe", [("redllm", "zero3"), ("decllm", "zero3-offload")])
 def test_zero3_resume_continues_exactly(family, recipe, tmp_path):
-    """Stop a ZeRO-3 run at step 2 (sharded checkpoint: weights, optimizer partitions -- on the CPU with
-    the offload recipe --, every rank's data position), resume it to step 5: the same per-step losses
-    as a run that never stopped, bit for bit."""
-    full = ds_fit(family, recipe, "bf16-mixed", 5, tmp_path / "full")
-    first = ds_fit(family, recipe, "bf16-mixed", 2, tmp_path / "first")
-    resumed = ds_fit(family, recipe, "bf16-mixed", 5, tmp_path / "resumed", resume=tmp_path / "first" / "final.ckpt")
+    """Resume a ZeRO-3 run from its step-2 checkpoint (sharded: weights, optimizer partitions -- on the
+    CPU with the offload recipe --, every rank's data position), saved mid-run where ModelCheckpoint
+    saves, in a new process to step 5: the same per-step losses as the run that never stopped, and
+    the same final weights, bit for bit."""
+    full = ds_fit(family, recipe, "bf16-mixed", 5, tmp_path / "full", save_at=2)
+    assert (tmp_path / "full" / "step-2.ckpt").is_dir()  # a ZeRO-3 checkpoint folder of per-rank shards
+    resumed = ds_fit(family, recipe, "bf16-mixed", 5, tmp_path / "resumed", resume=tmp_path / "full" / "step-2.ckpt")
     assert full[0]["optimizer_offloaded"] == resumed[0]["optimizer_offloaded"] == (recipe == "zero3-offload")
     for rank in (0, 1):
-        assert first[rank]["losses"] == full[rank]["losses"][:2]
+        assert len(resumed[rank]["losses"]) == 3
         assert resumed[rank]["losses"] == full[rank]["losses"][2:], (resumed[rank], full[rank])
     from lightning_redllm.modules.checkpoint import read_checkpoint
 

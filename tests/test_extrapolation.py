@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_redllm.commands import load_for_inference
+from lightning_redllm.cli.commands import load_for_inference
 from lightning_redllm.data.shards import bundled_shards
 from lightning_redllm.eval import evaluate_perplexity, iter_documents, score_continuations
 from lightning_redllm.eval.extrapolation import default_lengths, extrapolation_sweep, parse_prefix, resolve_prefix

@@ -461,3 +461,18 @@ def test_lm_eval_hf_backend_scores_like_our_adapter(exported, tok):
         torch.testing.assert_close(torch.tensor([g[0] for g in got], dtype=torch.float64),
                                    torch.tensor([m[0] for m in mine], dtype=torch.float64), atol=0, rtol=1e-5)
         assert [g[1] for g in got] == [m[1] for m in mine]
+
+
+def test_llama_names_round_trip_every_decllm_parameter():
+    """One template list gives both rename directions: every parameter of a DecLLM maps to a distinct
+    Llama name and back to itself; a name outside the list is refused, naming it."""
+    from lightning_redllm.hf.convert import ArchitectureError, from_llama_names, to_llama_names
+
+    model = build_model(ModelConfig.from_name("decllm-tiny", n_layers=3))
+    names = {k: i for i, k in enumerate(model.state_dict()) if not k.startswith("rope.")}
+    llama = to_llama_names(names)
+    assert len(set(llama)) == len(names) and all(k.startswith("model.") for k in llama)
+    assert "model.layers.2.post_attention_layernorm.weight" in llama and "model.layers.0.mlp.gate_proj.weight" in llama
+    assert from_llama_names(llama, "x") == names
+    with pytest.raises(ArchitectureError, match="layers.0.self_attn.x_proj.weight"):
+        to_llama_names({"layers.0.self_attn.x_proj.weight": 0})

@@ -74,7 +74,7 @@ def test_wheel_holds_every_package_recipe_and_asset(installed):
 
 def test_installed_package_is_the_wheel_not_the_checkout(installed):
     py, _, work = installed
-    r = _run([str(py), "-c", "import lightning_redllm, lightning_redllm.cli as c; "
+    r = _run([str(py), "-c", "import lightning_redllm, lightning_redllm.assets.recipes as c; "
                              "print(lightning_redllm.__file__); print(c.RECIPES)"], cwd=work)
     assert r.returncode == 0, r.stderr
     module_file, recipes = r.stdout.split()

@@ -47,7 +47,7 @@ def hard_exit_after(fn):
 
 
 def _grad_worker(rank: int, world: int, family: str, port: int, out: str) -> None:
-    from lightning_redllm.parallel import shard_model
+    from lightning_redllm.scale.parallel import shard_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

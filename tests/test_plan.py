@@ -15,11 +15,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lightning_redllm.config import ModelConfig, num_parameters
 from lightning_redllm.models import build_model
 from lightning_redllm.nn import Block
-from lightning_redllm.parallel import apply_activation_checkpointing, precision_param_dtype, shard_model
-from lightning_redllm.plan import (GiB, activation_mode, activation_peak_bytes, block_activation_bytes,
-                                   cross_kv_activation_bytes, deepspeed_estimate, measure_saved_bytes,
-                                   model_state_bytes, plan_main, plan_rows, saved_activation_bytes,
-                                   weight_copy_bytes)
+from lightning_redllm.scale.parallel import apply_activation_checkpointing, precision_param_dtype, shard_model
+from lightning_redllm.scale.measure import measure_saved_bytes
+from lightning_redllm.scale.plan import (GiB, activation_mode, activation_peak_bytes, block_activation_bytes,
+                                         cross_kv_activation_bytes, deepspeed_estimate, model_state_bytes, plan_main,
+                                         plan_rows, saved_activation_bytes, weight_copy_bytes)
 
 B, SEQ, PREFIX = 2, 48, 20  # RedLLM: 20 encoder + 28 decoder tokens (unequal, so S/T mix-ups show)
 

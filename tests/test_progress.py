@@ -1,4 +1,4 @@
-"""Progress output (lightning_redllm/progress.py): plain lines when stdout is not a terminal, a
+"""Progress output (lightning_redllm/cli/progress.py): plain lines when stdout is not a terminal, a
 step-counting bar that continues after a resume, no unmeasured FLOPs, no Lightning adverts."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import lightning as L
 import pytest
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from lightning_redllm import progress
-from lightning_redllm.progress import (ProgressDefaults, ProgressLog, StepProgressBar, eta_seconds, format_duration,
+from lightning_redllm.cli import progress
+from lightning_redllm.cli.progress import (ProgressDefaults, ProgressLog, StepProgressBar, eta_seconds, format_duration,
                                        per_second)
 
 REPO = Path(__file__).resolve().parents[1]

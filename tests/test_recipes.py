@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_redllm.cli import QUICKSTART, RECIPES, RedLLMCLI, with_default_recipe
+from lightning_redllm.cli.lightning_cli import RedLLMCLI, with_default_recipe
+
+from lightning_redllm.assets.recipes import QUICKSTART, RECIPES
 
 # recipes/study/*.yaml are study files for the `study` command, not Lightning configs (tests/test_study.py loads them)
 ALL = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml") if not p.relative_to(RECIPES).match("study/*"))
@@ -73,7 +75,7 @@ def test_wrong_type_names_the_key():
     """From Python the parser raises (no usage dump, no exit); the CLI turns it into one line."""
     from jsonargparse import ArgumentError
 
-    from lightning_redllm.cli_errors import explain_parser_error
+    from lightning_redllm.cli.config_errors import explain_parser_error
 
     args = ["fit", "--config", str(QUICKSTART), "--model.init_args.lr", "fast"]
     with pytest.raises(ArgumentError) as info:

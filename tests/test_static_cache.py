@@ -21,7 +21,7 @@ import warnings
 import pytest
 import torch
 
-import lightning_redllm.generate as G
+import lightning_redllm.generate.static as G
 from lightning_redllm.config import ModelConfig
 from lightning_redllm.generate import DONE_CHECK_EVERY, SamplingOptions, generate, static_buckets
 from lightning_redllm.models import build_model

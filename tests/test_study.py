@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_redllm.cli import RECIPES
+from lightning_redllm.assets.recipes import RECIPES
 from lightning_redllm.study import Study, StudyError, load_study_config
 from test_extrapolation import assert_valid_png
 
@@ -123,7 +123,7 @@ def test_study_config_errors_name_the_key(tmp_path):
 @pytest.mark.parametrize("kind", ["pretrain", "instruct"])
 def test_gpu_config_fit_commands_parse(kind, tmp_path):
     """The GPU study's training commands compose and instantiate (nothing is trained or loaded)."""
-    from lightning_redllm.cli import RedLLMCLI, resolve_config_args
+    from lightning_redllm.cli.lightning_cli import RedLLMCLI, resolve_config_args
 
     cfg = load_study_config(RECIPES / "study/gpu-150m.yaml")
     study = Study(cfg, log=lambda m: None)

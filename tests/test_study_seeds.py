@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_redllm.cli import RECIPES
+from lightning_redllm.assets.recipes import RECIPES
 from lightning_redllm.config import ModelConfig, non_embedding_parameters, num_parameters
 from lightning_redllm.study import Study, StudyError, load_study_config, study_main
 from lightning_redllm.study.evaluations import EVALUATIONS, EvalContext
@@ -157,7 +157,7 @@ def test_cpu_mini_keeps_its_stage_names():
 def test_cpu_study_commands_share_the_seed_and_parse(tmp_path):
     """A pair's commands carry one seed; tuning starts from the same seed's model; the ablation's flags win over
     the LR rule's (later flags override) and instantiate: Adafactor at 0.01, no attention-output norm."""
-    from lightning_redllm.cli import RedLLMCLI, resolve_config_args
+    from lightning_redllm.cli.lightning_cli import RedLLMCLI, resolve_config_args
 
     cfg = load_study_config(RECIPES / "study/cpu-study.yaml")
     cfg["runs_dir"] = str(tmp_path / "runs")

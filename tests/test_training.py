@@ -223,7 +223,7 @@ def test_every_recipe_checkpoint_keeps_the_final_step():
     """A recipe with a checkpoint callback uses RunCheckpoint, not Lightning's ModelCheckpoint."""
     import yaml
 
-    from lightning_redllm.cli import RECIPES
+    from lightning_redllm.assets.recipes import RECIPES
 
     seen = 0
     for path in RECIPES.rglob("*.yaml"):

@@ -151,7 +151,7 @@ def extrapolate_main(argv: Sequence[str]) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="output folder: extrapolation.json and extrapolation_*.png")
     a = p.parse_args(list(argv))
-    from ..inference import load_for_inference
+    from ..generate.load import load_for_inference
     from ..data.shards import bundled_shards
     from .plots import plot_extrapolation, write_results
 

@@ -109,7 +109,7 @@ class LightningRedLLMLM(LM):
         if (checkpoint is None) == (model is None):
             raise ValueError("lightning_redllm lm-eval model: pass exactly one of checkpoint=PATH or model=")
         if model is None:
-            from ..inference import load_for_inference
+            from ..generate.load import load_for_inference
 
             if not Path(str(checkpoint)).exists():
                 raise FileNotFoundError(f"checkpoint not found: {checkpoint}")

@@ -156,28 +156,39 @@ def _rope_theta(data: dict[str, Any], where: str) -> float:
 
 
 # --------------------------------------------------------------------------- Llama names
-_TO_LLAMA = [
-    (r"^embed\.weight$", "model.embed_tokens.weight"),
-    (r"^norm\.weight$", "model.norm.weight"),
-    (r"^layers\.(\d+)\.attn_norm\.weight$", r"model.layers.\1.input_layernorm.weight"),
-    (r"^layers\.(\d+)\.mlp_norm\.weight$", r"model.layers.\1.post_attention_layernorm.weight"),
-    (r"^layers\.(\d+)\.self_attn\.([qkvo]_proj)\.weight$", r"model.layers.\1.self_attn.\2.weight"),
-    (r"^layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight$", r"model.layers.\1.mlp.\2.weight"),
-]
-_FROM_LLAMA = [
-    (r"^model\.embed_tokens\.weight$", "embed.weight"),
-    (r"^model\.norm\.weight$", "norm.weight"),
-    (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"layers.\1.attn_norm.weight"),
-    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"layers.\1.mlp_norm.weight"),
-    (r"^model\.layers\.(\d+)\.self_attn\.([qkvo]_proj)\.weight$", r"layers.\1.self_attn.\2.weight"),
-    (r"^model\.layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight$", r"layers.\1.mlp.\2.weight"),
+#: DecLLM parameter name <-> Llama parameter name, one template pair per tensor kind: ``{i}`` is the
+#: layer index, ``{proj}`` one of the listed projections. Both directions are derived from this list.
+_LLAMA_NAMES = [
+    ("embed.weight", "model.embed_tokens.weight", ()),
+    ("norm.weight", "model.norm.weight", ()),
+    ("layers.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight", ()),
+    ("layers.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight", ()),
+    ("layers.{i}.self_attn.{proj}.weight", "model.layers.{i}.self_attn.{proj}.weight",
+     ("q_proj", "k_proj", "v_proj", "o_proj")),
+    ("layers.{i}.mlp.{proj}.weight", "model.layers.{i}.mlp.{proj}.weight", ("gate_proj", "up_proj", "down_proj")),
 ]
 
 
-def _rename(name: str, rules: list[tuple[str, str]], what: str) -> str:
-    for pattern, repl in rules:
-        if re.match(pattern, name):
-            return re.sub(pattern, repl, name)
+def _template_regex(template: str, projections: tuple[str, ...]) -> re.Pattern:
+    """``layers.{i}.mlp.{proj}.weight`` -> a regex with named groups ``i`` and ``proj``."""
+    rx = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)")
+    rx = rx.replace(r"\{proj\}", "(?P<proj>" + "|".join(map(re.escape, projections)) + ")")
+    return re.compile(f"^{rx}$")
+
+
+def _rules(forward: bool) -> list[tuple[re.Pattern, str]]:
+    return [(_template_regex(src, projs), dst) for ours, llama, projs in _LLAMA_NAMES
+            for src, dst in [(ours, llama) if forward else (llama, ours)]]
+
+
+_TO_LLAMA, _FROM_LLAMA = _rules(True), _rules(False)
+
+
+def _rename(name: str, rules: list[tuple[re.Pattern, str]], what: str) -> str:
+    for pattern, template in rules:
+        m = pattern.match(name)
+        if m:
+            return template.format(**m.groupdict())
     raise ArchitectureError(f"parameter {name!r} has no {what} counterpart")
 
 

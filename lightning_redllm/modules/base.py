@@ -84,7 +84,7 @@ class LanguageModelModule(L.LightningModule):
             batches, where every micro-batch holds the same number of tokens.
 
     Under Lightning's ``ModelParallelStrategy`` the model is built on the meta device and sharded
-    with FSDP2 (``lightning_redllm.parallel``) before any weight is allocated: the mesh's
+    with FSDP2 (``lightning_redllm.scale.parallel``) before any weight is allocated: the mesh's
     ``tensor_parallel`` dimension is used as the FSDP shard group and ``data_parallel`` as the
     replicate group (HSDP; Lightning's default mesh shards within a node, replicates across nodes).
     """
@@ -193,15 +193,15 @@ class LanguageModelModule(L.LightningModule):
         if self.hparams.init_from:
             self.load_weights(self.hparams.init_from)
         if self.hparams.activation_checkpointing:
-            from ..parallel import apply_activation_checkpointing
+            from ..scale.parallel import apply_activation_checkpointing
 
             apply_activation_checkpointing(self.model)
         self._maybe_compile()
 
     def configure_callbacks(self) -> list:
-        """Every fit gets the lost-rank watchdog (a no-op on one rank; see ``lightning_redllm.watchdog``),
+        """Every fit gets the lost-rank watchdog (a no-op on one rank; see ``lightning_redllm.scale.watchdog``),
         unless the trainer already has one (e.g. with other settings, from a recipe)."""
-        from ..watchdog import LostRankWatchdog
+        from ..scale.watchdog import LostRankWatchdog
 
         if self._trainer is not None and any(isinstance(c, LostRankWatchdog) for c in self.trainer.callbacks):
             return []
@@ -217,7 +217,7 @@ class LanguageModelModule(L.LightningModule):
         """Build on the meta device, shard, then allocate and initialize only this rank's shards."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        from ..parallel import precision_param_dtype, shard_model
+        from ..scale.parallel import precision_param_dtype, shard_model
 
         with torch.device("meta"):
             model = build_model(self.config)
@@ -268,7 +268,7 @@ class LanguageModelModule(L.LightningModule):
                                     param.copy_(src.get(f"{name}.{pname}" if name else pname))
             rank_zero_info(init_from_message(self.hparams.init_from, self.config, src.step))
         if self.hparams.activation_checkpointing:
-            from ..parallel import checkpoint_blocks_in_place
+            from ..scale.parallel import checkpoint_blocks_in_place
 
             checkpoint_blocks_in_place(model)  # no wrapper modules inside zero.Init
         return model

@@ -35,7 +35,7 @@ ABLATION_KEYS = {"size", "args"}
 
 def resolve_recipe(value: str) -> str:
     """A study file or recipe found like a ``--config`` value (a file, or a packaged recipe by name)."""
-    from ..cli import resolve_recipe as resolve
+    from ..assets.recipes import resolve_recipe as resolve
 
     return resolve(value)
 

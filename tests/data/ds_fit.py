@@ -5,7 +5,8 @@ usage: python ds_fit.py FAMILY STRATEGY PRECISION MAX_STEPS ROOT [RESUME_FROM]
   the batches a 2-rank run recorded in ROOT/../<run>/batches-rank<R>.pt, given as DS_FIT_REPLAY=<run folder>:
   step i trains on rank 0's batch i followed by rank 1's).  Writes ROOT/result-rank<R>.json per rank (per-step losses; whether the
   parameters are ZeRO-partitioned), then saves a checkpoint to ROOT/final.ckpt (a folder of per-rank
-  shards under ZeRO-3).
+  shards under ZeRO-3). DS_FIT_SAVE_AT=<k> also saves ROOT/step-<k>.ckpt mid-run, right after optimizer step k
+  (where Lightning's ModelCheckpoint saves), for a resume test that needs no separate short run.
 """
 import json
 import os
@@ -33,12 +34,15 @@ losses = []
 
 
 batches = []
+save_at = int(os.environ.get("DS_FIT_SAVE_AT", "0")) or None
 
 
 class Record(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         losses.append(float(outputs["loss"]))
         batches.append(batch["tokens"].clone())
+        if trainer.global_step == save_at:
+            trainer.save_checkpoint(os.path.join(root, f"step-{save_at}.ckpt"))
 
 
 devices, data = 2, PretrainDataModule(seq_len=64, batch_size=2, num_workers=0)

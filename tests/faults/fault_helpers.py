@@ -129,7 +129,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 #: the CLI entry wrapped the way ``lightning_redllm/__main__.py`` should wrap it (one-line errors)
 GUARDED_MAIN = ("import sys; from lightning_redllm.__main__ import main; "
-                "from lightning_redllm.reliability import guarded; sys.exit(guarded(main)(sys.argv[1:]))")
+                "from lightning_redllm.cli.guard import guarded; sys.exit(guarded(main)(sys.argv[1:]))")
 
 
 def cli(args: list[str], cwd: Path, *, guarded: bool = False, timeout: float = 300,
@@ -301,10 +301,10 @@ class Steps(L.Callback):
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str, str]:
-    """``python -m lightning_redllm <args>`` in this process, wrapped by ``reliability.guarded`` as
+    """``python -m lightning_redllm <args>`` in this process, wrapped by ``cli.guard.guarded`` as
     ``__main__`` should be: (exit status, stdout, stderr). Saves the interpreter start-up (~5 s)."""
     from lightning_redllm.__main__ import main
-    from lightning_redllm.reliability import guarded
+    from lightning_redllm.cli.guard import guarded
 
     capsys.readouterr()
     try:

@@ -81,7 +81,7 @@ def test_recipes_hold_no_executable_yaml_tags_and_none_run(tmp_path, capsys):
     assert code != 0 and not marker.exists(), err[-2000:]
     from omegaconf import OmegaConf
 
-    import lightning_redllm.cli  # noqa: F401  (registers whatever the CLI registers)
+    import lightning_redllm.cli.lightning_cli  # noqa: F401  (registers whatever the CLI registers)
     assert not any(OmegaConf.has_resolver(r) for r in ("eval", "exec", "python", "import"))
 
 

@@ -20,7 +20,7 @@ Loader = Callable[[Path], tuple]
 
 
 def load_checkpoint(ckpt: Path, device: str = "cpu") -> tuple:
-    from ...inference import load_for_inference
+    from ...generate.load import load_for_inference
 
     if not ckpt.exists():
         raise StudyError(f"checkpoint {ckpt} is missing (did its training stage finish?)")

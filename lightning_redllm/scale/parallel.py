@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .nn import Block
+from ..nn import Block
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:

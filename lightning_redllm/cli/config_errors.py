@@ -14,7 +14,7 @@ from typing import Sequence
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 HELP_HINT = "`python -m lightning_redllm {sub} --help` lists every option; `--print_config` shows the composed config"
 

@@ -12,16 +12,16 @@ from typing import Sequence
 
 import torch
 
-from .generate import SamplingOptions, generate_text
-from .modules.checkpoint import model_from_checkpoint, save_safetensors
-from .inference import load_for_inference  # noqa: F401  (also re-exported: users and tests import it here)
-from .plan import plan_main
+from ..generate import SamplingOptions, generate_text
+from ..modules.checkpoint import model_from_checkpoint, save_safetensors
+from ..generate.load import load_for_inference  # noqa: F401  (also re-exported: users and tests import it here)
+from ..scale.plan import plan_main
 
 
 def generate_main(argv: Sequence[str]) -> int:
     import warnings
 
-    from .generate import ContextLengthWarning, ProgressPrinter
+    from ..generate import ContextLengthWarning, ProgressPrinter
 
     p = argparse.ArgumentParser(prog="python -m lightning_redllm generate",
                                 description="Generate text from a checkpoint (RedLLM or DecLLM).")
@@ -103,7 +103,7 @@ def export_main(argv: Sequence[str]) -> int:
     p.add_argument("--tokenizer", default=None, help="--format hf: tokenizer to ship (default: the run's)")
     a = p.parse_args(list(argv))
     if a.format == "hf":
-        from .hf.export import export_main_hf
+        from ..hf.export import export_main_hf
 
         return export_main_hf(p, a)
     model, cfg, hparams = model_from_checkpoint(a.ckpt)
@@ -135,7 +135,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     lm.add_argument("--limit", type=int, default=None, help="at most N examples per task")
     lm.add_argument("--include_path", default=None, help="extra folder of lm-eval task YAML files")
     a = p.parse_args(list(argv))
-    if a.tasks is not None:  # lm-eval mode: lightning_redllm/lm_eval.py (imports lm-eval only now)
+    if a.tasks is not None:  # lm-eval mode: lightning_redllm/cli/lm_eval.py (imports lm-eval only now)
         from .lm_eval import evaluate_tasks
 
         return evaluate_tasks(p, a)
@@ -143,8 +143,8 @@ def evaluate_main(argv: Sequence[str]) -> int:
         if getattr(a, flag) != p.get_default(flag):
             print(f"{p.prog}: error: --{flag} needs --tasks (lm-eval mode)", file=sys.stderr)
             return 2
-    from .data.shards import bundled_shards
-    from .eval import evaluate_perplexity, format_table
+    from ..data.shards import bundled_shards
+    from ..eval import evaluate_perplexity, format_table
 
     try:
         lengths = [int(x) for x in (a.lengths or "256").split(",") if x.strip()]
@@ -171,7 +171,7 @@ def recipes_main(argv: Sequence[str]) -> int:
                                             "--config by name (e.g. --config stage/pretrain) from any directory.")
     p.add_argument("name", nargs="?", help="print this recipe's YAML instead of the list")
     a = p.parse_args(list(argv))
-    from .cli import RECIPES, list_recipes, resolve_recipe
+    from ..assets.recipes import RECIPES, list_recipes, resolve_recipe
 
     if a.name:
         print(Path(resolve_recipe(a.name)).read_text(), end="")

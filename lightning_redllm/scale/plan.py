@@ -46,7 +46,7 @@ Activations (saved-for-backward bytes per token per block) are derived op by op 
 :func:`block_activation_bytes` for three precision modes: ``bf16`` (bf16 weights: DeepSpeed's bf16
 module, FSDP2's bf16 all-gathered parameters), ``autocast`` (bf16-mixed with fp32 weights: DDP) and
 ``fp32``. They are checked against a measurement of the tensors autograd saves
-(:func:`measure_saved_bytes`, ``tests/test_plan.py``, under the precision plugin Lightning itself
+(:func:`lightning_redllm.scale.measure.measure_saved_bytes`, ``tests/test_plan.py``, under the precision plugin Lightning itself
 picks, and FSDP2 for the fsdp figures); the transient terms (fused-loss logits chunk, backward
 working set, strategy buffers, optimizer-step temporaries) come from reading the code and are not
 measured.
@@ -58,9 +58,9 @@ import contextlib
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from .config import ModelConfig, num_parameters
+from ..config import ModelConfig, num_parameters
 
 GiB = 2 ** 30
 STRATEGIES = ("zero3", "fsdp", "ddp")
@@ -165,7 +165,7 @@ def _tokens(cfg: ModelConfig, seq_len: int, prefix_len: Optional[int]) -> tuple[
 @dataclass
 class ActivationBytes:
     """Saved-for-backward bytes of a micro-batch of ``batch`` sequences (what
-    :func:`measure_saved_bytes` measures) and the per-block pieces the peak needs."""
+    :func:`lightning_redllm.scale.measure.measure_saved_bytes` measures) and the per-block pieces the peak needs."""
 
     blocks: int           # all blocks' saved tensors (no checkpointing) or the block inputs (checkpointing)
     model: int            # outside the blocks: ids, RoPE tables, final norms, the loss's dL/dhidden
@@ -496,90 +496,7 @@ def format_markdown(rows: list[dict[str, Any]], *, reserve_gib: float = RESERVE_
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- measurement (tests, --help)
-_PARAM_VIEWS = {"ToCopyBackward0", "TBackward0", "TransposeBackward0", "ViewBackward0", "UnsafeViewBackward0",
-                "PermuteBackward0", "ExpandBackward0", "AliasBackward0"}
 
-
-def _saved_kind(t) -> str:
-    """What a saved tensor is: ``parameters`` (a parameter or a view of one -- also FSDP2's gathered
-    parameters, which are leaf ``nn.Parameter`` objects that ``model.parameters()`` does not list),
-    ``weight_copies`` (a cast of a parameter: autocast's bf16 weights, RMSNorm's fp32 scale) or
-    ``activations`` (everything else)."""
-    fn = t.grad_fn
-    if fn is None:
-        return "parameters" if (t.is_leaf and t.requires_grad) else "activations"
-    cast = False
-    while type(fn).__name__ in _PARAM_VIEWS:
-        cast = cast or type(fn).__name__ == "ToCopyBackward0"
-        nxt = [f for f, _ in fn.next_functions if f is not None]
-        if len(nxt) != 1:
-            return "activations"
-        fn = nxt[0]
-    if type(fn).__name__ != "AccumulateGrad":
-        return "activations"
-    return "weight_copies" if cast else "parameters"
-
-
-def measure_saved_bytes(model, forward: Callable[[], Any], block_type: Optional[type] = None) -> dict[str, int]:
-    """Run ``forward()`` and sum the bytes autograd saves for backward, one count per storage.
-
-    Returns ``activations`` (everything but parameters), ``weight_copies`` (casts of parameters)
-    and ``parameters`` (storages of the parameters themselves). With checkpointed blocks the saved
-    tensors inside them are hidden by torch's own hooks; pass ``block_type`` to add the tensors each
-    block receives as inputs (what checkpointing keeps alive), found by a forward pre-hook.
-    Storages are told apart by identity, not address: under FSDP2 a block's gathered parameters are
-    freed after it runs, and their address may be reused by a later activation.
-    """
-    import torch
-
-    from .nn import AttentionInputs
-
-    params = {p.untyped_storage()._cdata for p in model.parameters()}
-    seen: dict[int, tuple[int, str]] = {}
-    keep = []  # hold every counted tensor so no storage is freed (and its identity reused) during the forward
-
-    def record(t) -> None:
-        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-            return
-        st = t.untyped_storage()
-        key = st._cdata
-        if key in seen or st.nbytes() == 0:
-            return
-        kind = "parameters" if key in params else _saved_kind(t)
-        seen[key] = (st.nbytes(), kind)
-        keep.append(t)
-
-    def pack(t):
-        record(t)
-        return t
-
-    def pre_hook(module, args, kwargs):
-        for value in list(args) + list(kwargs.values()):
-            if isinstance(value, AttentionInputs):
-                for name in ("cos", "sin", "kv_cos", "kv_sin", "mask"):
-                    record(getattr(value, name))
-            else:
-                record(value)
-
-    handles = []
-    if block_type is not None:
-        handles = [m.register_forward_pre_hook(pre_hook, with_kwargs=True)
-                   for m in model.modules() if isinstance(m, block_type)]
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = forward()
-    finally:
-        for h in handles:
-            h.remove()
-    del out, keep
-    totals = {"activations": 0, "weight_copies": 0, "parameters": 0}
-    for nbytes, kind in seen.values():
-        totals[kind] += nbytes
-    return totals
-
-
-# --------------------------------------------------------------------------- CLI
 def parse_offloads(text: str) -> tuple[str, ...]:
     """``--offload`` as given: one value or a comma-separated list (``all`` = every choice), in
     order, without repeats."""
@@ -640,5 +557,5 @@ def plan_main(argv: Sequence[str]) -> int:
 __all__ = ["activation_mode", "block_activation_bytes", "cross_kv_activation_bytes", "saved_activation_bytes",
            "weight_copy_bytes",
            "activation_peak_bytes", "loss_transient_bytes", "model_state_bytes", "deepspeed_estimate",
-           "plan_rows", "format_markdown", "measure_saved_bytes", "parse_offloads", "plan_main", "ActivationBytes",
+           "plan_rows", "format_markdown", "parse_offloads", "plan_main", "ActivationBytes",
            "ModelStates"]

@@ -7,7 +7,6 @@ another recipe (relative form ``${..data.init_args.seq_len}`` or absolute under 
 """
 from __future__ import annotations
 
-import importlib.resources
 import os
 import shutil
 from pathlib import Path
@@ -16,32 +15,11 @@ from typing import Any, Optional, Sequence
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from .errors import ConfigError
-from .modules import LanguageModelModule
+from ..assets.recipes import QUICKSTART, resolve_recipe
+from ..errors import ConfigError
+from ..modules import LanguageModelModule
 
 
-def find_recipes() -> Path:
-    """The folder of the packaged recipes: the repository's top-level ``recipes/``, which the wheel
-    installs as ``lightning_redllm.recipes`` (an editable install maps that name to the folder).
-
-    Run from a checkout's root (``python -m lightning_redllm`` puts the working directory first on
-    ``sys.path``), the source tree's ``lightning_redllm/`` shadows an installed wheel and has no
-    ``recipes`` subpackage: the recipes are then the checkout's ``recipes/`` beside it."""
-    try:
-        return Path(str(importlib.resources.files("lightning_redllm.recipes")))
-    except ModuleNotFoundError:
-        pass
-    beside = Path(__file__).resolve().parent.parent / "recipes"
-    if (beside / "quickstart.yaml").is_file():
-        return beside
-    raise ModuleNotFoundError(
-        f"the packaged recipes are missing: no module lightning_redllm.recipes and no {beside}; reinstall the "
-        "package (`pip install .` from the repository)")
-
-
-#: the recipes shipped with the package (see :func:`find_recipes`)
-RECIPES = find_recipes()
-QUICKSTART = RECIPES / "quickstart.yaml"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CONFIG_FLAGS = ("--config", "-c")
 
@@ -135,7 +113,7 @@ class RunConfigSaver(SaveConfigCallback):
         if trainer.is_global_zero and log_dir is not None:
             import yaml
 
-            from .reliability import atomic_write
+            from ..reliability import atomic_write
 
             text = self.parser.dump(self.config, skip_none=False)
             header, body = _split_header(text)
@@ -282,7 +260,7 @@ class RedLLMCLI(LightningCLI):
     def _check_devices(self, trainer_cfg) -> None:
         import torch
 
-        from .cli_errors import where_set
+        from .config_errors import where_set
 
         accelerator = str(trainer_cfg.get("accelerator") or "auto")
         strategy = _strategy_name(trainer_cfg.get("strategy"))
@@ -371,29 +349,9 @@ class RedLLMCLI(LightningCLI):
         if not path.exists():
             raise FileNotFoundError(f"--ckpt_path: checkpoint not found: {path}")
         if path.is_file():
-            from .reliability import verify_torch_archive
+            from ..reliability import verify_torch_archive
 
             verify_torch_archive(path)
-
-
-def list_recipes() -> list[str]:
-    """Names of the packaged recipes (``stage/pretrain.yaml``, ...), sorted."""
-    return sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml"))
-
-
-def resolve_recipe(value: str) -> str:
-    """One ``--config`` value: a file that exists is used as given; otherwise a packaged recipe by
-    its path (``recipes/stage/pretrain.yaml``, as the README writes it) or name (``stage/pretrain``),
-    so recipe commands work from any directory and for a non-editable install."""
-    if any(ch in value for ch in "{}\n:") or Path(value).exists():  # inline YAML, or a real file
-        return value
-    rel = value[len("recipes/"):] if value.startswith("recipes/") else value
-    for candidate in (rel, f"{rel}.yaml"):
-        if (RECIPES / candidate).is_file():
-            return str(RECIPES / candidate)
-    raise FileNotFoundError(
-        f"config file not found: {value} (neither in {Path.cwd()} nor among the packaged recipes; "
-        "list them with `python -m lightning_redllm recipes`)")
 
 
 def resolve_config_args(args: list[str]) -> list[str]:
@@ -472,7 +430,7 @@ def run_lightning(args: list[str]) -> None:
     warnings.filterwarnings("ignore", message=".*overridden `on_before_batch_transfer` in `LightningModule`.*")
     from jsonargparse import ArgumentError
 
-    from .cli_errors import HELP_HINT, check_config_files, explain_parser_error
+    from .config_errors import HELP_HINT, check_config_files, explain_parser_error
 
     args = with_default_recipe(resolve_config_args(args))
     check_config_files(args)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .config import ModelConfig
-from .models import LanguageModel
-from .modules.checkpoint import model_from_checkpoint
-from .tokenizer import Tokenizer, load_tokenizer
+from ..config import ModelConfig
+from ..models import LanguageModel
+from ..modules.checkpoint import model_from_checkpoint
+from ..tokenizer import Tokenizer, load_tokenizer
 
 
 def load_for_inference(ckpt: str | Path, tokenizer: Optional[str] = None,

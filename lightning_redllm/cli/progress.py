@@ -16,7 +16,7 @@ the stock progress bar and model summary, when the Trainer adds them, for:
 ``--trainer.enable_progress_bar false`` turns all progress output off, as before. A bar put in
 ``trainer.callbacks`` yourself is left alone, e.g. plain lines on a terminal every 5 steps::
 
-    --trainer.callbacks+=lightning_redllm.progress.ProgressLog --trainer.callbacks.init_args.every_n_steps 5
+    --trainer.callbacks+=lightning_redllm.cli.progress.ProgressLog --trainer.callbacks.init_args.every_n_steps 5
 """
 from __future__ import annotations
 
