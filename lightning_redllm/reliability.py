@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.types import _PATH
 
 from .errors import CheckpointLoadError, CheckpointWriteError
 
@@ -222,29 +220,46 @@ def _corrupt_message(path: Path, err: BaseException) -> str:
             f"({type(err).__name__}: {_reason(err)}); use an earlier checkpoint")
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` with crash-safe writes and clear load errors (see the module docs).
+def _define_atomic_checkpoint_io() -> type:
+    """The class behind :data:`AtomicCheckpointIO`, defined on first use: it subclasses Lightning's
+    ``TorchCheckpointIO``, and importing Lightning costs seconds that ``generate``, ``export`` and
+    ``--help`` (which never write a Lightning checkpoint) should not pay."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+    from lightning.fabric.utilities.types import _PATH
 
-    Remote paths (``s3://``, ``gs://``, ...) go to Lightning's own implementation unchanged.
-    """
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """``TorchCheckpointIO`` with crash-safe writes and clear load errors (see the module docs).
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
-        if storage_options is not None or not _is_local(os.fspath(path)):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        target = os.fspath(path)
-        target = target[len("file://"):] if target.startswith("file://") else target
-        atomic_write(target, lambda f: self._dump(checkpoint, f), verify=verify_torch_archive)
+        Remote paths (``s3://``, ``gs://``, ...) go to Lightning's own implementation unchanged.
+        """
 
-    def _dump(self, checkpoint: dict[str, Any], f: IO[bytes]) -> None:
-        """Serialize into the open temp file (tests override this to simulate crashes mid-write)."""
-        torch.save(checkpoint, f)
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
+            if storage_options is not None or not _is_local(os.fspath(path)):
+                return super().save_checkpoint(checkpoint, path, storage_options)
+            target = os.fspath(path)
+            target = target[len("file://"):] if target.startswith("file://") else target
+            atomic_write(target, lambda f: self._dump(checkpoint, f), verify=verify_torch_archive)
 
-    def load_checkpoint(self, path: _PATH, map_location: Optional[Any] = lambda storage, loc: storage,
-                        weights_only: Optional[bool] = None) -> dict[str, Any]:
-        if not _is_local(os.fspath(path)):
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        return load_torch_file(path, map_location=map_location,
-                               weights_only=True if weights_only is None else weights_only)
+        def _dump(self, checkpoint: dict[str, Any], f: IO[bytes]) -> None:
+            """Serialize into the open temp file (tests override this to simulate crashes mid-write)."""
+            torch.save(checkpoint, f)
+
+        def load_checkpoint(self, path: _PATH, map_location: Optional[Any] = lambda storage, loc: storage,
+                            weights_only: Optional[bool] = None) -> dict[str, Any]:
+            if not _is_local(os.fspath(path)):
+                return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            return load_torch_file(path, map_location=map_location,
+                                   weights_only=True if weights_only is None else weights_only)
+
+    AtomicCheckpointIO.__module__ = __name__
+    return AtomicCheckpointIO
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AtomicCheckpointIO":  # `lightning_redllm.reliability.AtomicCheckpointIO`, as recipes name it
+        cls = globals()["AtomicCheckpointIO"] = _define_atomic_checkpoint_io()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["AtomicCheckpointIO", "CheckpointLoadError", "CheckpointWriteError", "atomic_write", "check_writable",

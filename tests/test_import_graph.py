@@ -206,3 +206,30 @@ def test_floor_rule_sees_a_climb():
         < _package_floor("lightning_redllm.hf.export")
     with pytest.raises(AssertionError, match="on no floor"):
         _package_floor("lightning_redllm.newroom.x")
+
+
+# -- what the light commands import -------------------------------------------------------------------
+
+LIGHT_PATHS = ["lightning_redllm.__main__", "lightning_redllm.cli.commands", "lightning_redllm.cli.guard",
+               "lightning_redllm.generate", "lightning_redllm.modules.checkpoint", "lightning_redllm.hf.export",
+               "lightning_redllm.reliability", "lightning_redllm.scale.plan"]
+
+
+def test_generate_export_and_help_never_import_lightning():
+    """``generate``, ``export``, ``plan`` and ``--help`` read checkpoints and print; importing Lightning
+    (~5 s: torchmetrics, transformers, scipy) is for ``fit`` and friends only. A fresh interpreter
+    imports every module those commands load, then the lazy public names, in that order."""
+    code = (f"import importlib, sys\nfor m in {LIGHT_PATHS!r}: importlib.import_module(m)\n"
+            "heavy = sorted(m for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'torchmetrics')))\n"
+            "assert not heavy, heavy[:5]\n"
+            "from lightning_redllm.modules import RedLLMModule, LanguageModelModule\n"
+            "from lightning_redllm.reliability import AtomicCheckpointIO\n"
+            "from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO\n"
+            "assert issubclass(RedLLMModule, LanguageModelModule) and issubclass(AtomicCheckpointIO, TorchCheckpointIO)\n"
+            "assert AtomicCheckpointIO.__module__ == 'lightning_redllm.reliability'\n"
+            "print('ok')")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]

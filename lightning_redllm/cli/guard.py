@@ -3,6 +3,7 @@ a non-finite loss) ends with a one-line ``error: ...`` (and a ``hint: ...``) on 
 instead of a traceback. ``LIGHTNING_REDLLM_TRACEBACK=1`` shows the traceback."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -12,6 +13,27 @@ from ..errors import USER_ERRORS
 from ..reliability import error_in_chain
 
 TRACEBACK_ENV = "LIGHTNING_REDLLM_TRACEBACK"
+
+
+#: DeepSpeed's import-time notice on a machine without a GPU (its logger writes to stdout, so it
+#: lands in `--print_config > file.yaml` and breaks that YAML)
+DEEPSPEED_CPU_NOTICE = "Setting accelerator to CPU"
+
+
+class _DropDeepSpeedCpuNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(DEEPSPEED_CPU_NOTICE)
+
+
+def silence_deepspeed_cpu_notice() -> None:
+    """Drop DeepSpeed's "Setting accelerator to CPU. If you have GPU ..." line, printed to stdout
+    whenever ``deepspeed`` is imported on a machine without CUDA (resolving a DeepSpeed recipe,
+    reading a ZeRO checkpoint folder). The filter sits on the ``DeepSpeed`` logger before DeepSpeed
+    configures it (it keeps the object and its filters); every other DeepSpeed message still shows.
+    Idempotent."""
+    log = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _DropDeepSpeedCpuNotice) for f in log.filters):
+        log.addFilter(_DropDeepSpeedCpuNotice())
 
 
 
@@ -43,8 +65,6 @@ def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
     """Wrap a CLI ``main(argv) -> int``: user-caused errors -> ``error: <one line>``, exit status 1."""
 
     def run(*args: Any, **kwargs: Any) -> int:
-        from .progress import silence_deepspeed_cpu_notice
-
         silence_deepspeed_cpu_notice()
         try:
             return int(main(*args, **kwargs) or 0)
@@ -66,4 +86,4 @@ def guarded(main: Callable[..., Optional[int]]) -> Callable[..., int]:
     return run
 
 
-__all__ = ["TRACEBACK_ENV", "guarded", "one_line"]
+__all__ = ["TRACEBACK_ENV", "guarded", "one_line", "silence_deepspeed_cpu_notice"]

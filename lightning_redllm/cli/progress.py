@@ -350,26 +350,5 @@ def silence_lightning_tips() -> None:
         log.addFilter(_DropTips())
 
 
-#: DeepSpeed's import-time notice on a machine without a GPU (its logger writes to stdout, so it
-#: lands in `--print_config > file.yaml` and breaks that YAML)
-DEEPSPEED_CPU_NOTICE = "Setting accelerator to CPU"
-
-
-class _DropDeepSpeedCpuNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(DEEPSPEED_CPU_NOTICE)
-
-
-def silence_deepspeed_cpu_notice() -> None:
-    """Drop DeepSpeed's "Setting accelerator to CPU. If you have GPU ..." line, printed to stdout
-    whenever ``deepspeed`` is imported on a machine without CUDA (resolving a DeepSpeed recipe,
-    reading a ZeRO checkpoint folder). The filter sits on the ``DeepSpeed`` logger before DeepSpeed
-    configures it (it keeps the object and its filters); every other DeepSpeed message still shows.
-    Idempotent."""
-    log = logging.getLogger("DeepSpeed")
-    if not any(isinstance(f, _DropDeepSpeedCpuNotice) for f in log.filters):
-        log.addFilter(_DropDeepSpeedCpuNotice())
-
-
 __all__ = ["ProgressDefaults", "ProgressLog", "StepProgressBar", "PlainModelSummary", "silence_lightning_tips",
-           "silence_deepspeed_cpu_notice", "per_second", "eta_seconds", "format_duration", "total_steps"]
+           "per_second", "eta_seconds", "format_duration", "total_steps"]
