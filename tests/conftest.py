@@ -14,6 +14,13 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` (the CI command): two workers on two cores, so one thread each -- for this process
+    # and, through the environment, every subprocess it starts (the CLI runs, the 2-rank launches);
+    # two threads per worker would put four busy threads on two cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 HERE = Path(__file__).resolve().parent
 
 #: how a skip caused by the probe below starts (tests/test_cpu_kernels.py checks that every skip

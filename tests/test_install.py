@@ -46,7 +46,10 @@ def installed(tmp_path_factory):
     py = root / "venv" / "bin" / "python"
     r = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root)
     venv_site = Path(r.stdout.strip())
-    outer = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    # this interpreter's site folders, and the ones it sees through --system-site-packages (a venv over
+    # a system install keeps torch and friends there)
+    outer = dict.fromkeys([*(sysconfig.get_paths()[k] for k in ("purelib", "platlib")),
+                           *(p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir())])
     (venv_site / "outer-site-packages.pth").write_text("\n".join(outer) + "\n")
     r = _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
