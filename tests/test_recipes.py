@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from lightning_redllm.assets.recipes import QUICKSTART, RECIPES, resolve_recipe
 from lightning_redllm.cli.lightning_cli import RedLLMCLI, with_default_recipe
-
-from lightning_redllm.assets.recipes import QUICKSTART, RECIPES
 
 # recipes/study/*.yaml are study files for the `study` command, not Lightning configs (tests/test_study.py loads them)
 ALL = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml") if not p.relative_to(RECIPES).match("study/*"))
@@ -24,6 +23,20 @@ def test_recipes_are_found():
     for group in ("model", "data", "strategy", "stage"):
         assert any(r.startswith(group + "/") for r in ALL), group
     assert "quickstart.yaml" in ALL
+
+
+def test_a_folder_named_like_a_recipe_is_not_taken_for_it(tmp_path, monkeypatch):
+    """From the repository root `study/cpu-study/` (the study's results) sits beside the packaged
+    `study/cpu-study.yaml`: the name finds the recipe; a folder matching no recipe is refused by name;
+    a real file in the working directory still wins."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study" / "cpu-study").mkdir(parents=True)
+    assert resolve_recipe("study/cpu-study") == str(RECIPES / "study" / "cpu-study.yaml")
+    (tmp_path / "results").mkdir()
+    with pytest.raises(IsADirectoryError, match="config results is a folder"):
+        resolve_recipe("results")
+    (tmp_path / "quickstart.yaml").write_text("trainer: {max_steps: 1}\n")
+    assert resolve_recipe("quickstart.yaml") == "quickstart.yaml"
 
 
 @pytest.mark.parametrize("recipe", ALL)

@@ -41,12 +41,15 @@ def resolve_recipe(value: str) -> str:
     """One ``--config`` value: a file that exists is used as given; otherwise a packaged recipe by
     its path (``recipes/stage/pretrain.yaml``, as the README writes it) or name (``stage/pretrain``),
     so recipe commands work from any directory and for a non-editable install."""
-    if any(ch in value for ch in "{}\n:") or Path(value).exists():  # inline YAML, or a real file
+    if any(ch in value for ch in "{}\n:") or Path(value).is_file():  # inline YAML, or a real file
         return value
     rel = value[len("recipes/"):] if value.startswith("recipes/") else value
-    for candidate in (rel, f"{rel}.yaml"):
+    for candidate in (rel, f"{rel}.yaml"):  # a folder of the same name (study/cpu-study/: results) is no recipe
         if (RECIPES / candidate).is_file():
             return str(RECIPES / candidate)
+    if Path(value).is_dir():
+        raise IsADirectoryError(f"config {value} is a folder, not a YAML file (and no packaged recipe has that name; "
+                                "list them with `python -m lightning_redllm recipes`)")
     raise FileNotFoundError(
         f"config file not found: {value} (neither in {Path.cwd()} nor among the packaged recipes; "
         "list them with `python -m lightning_redllm recipes`)")
