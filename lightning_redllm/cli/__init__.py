@@ -8,6 +8,7 @@
 * ``guard``          user errors as ``error: ...`` + exit status 1 instead of a traceback
 * ``progress``       what a run prints while it trains (step progress, throughput, ETA)
 * ``predictions``    where ``predict`` writes its results
+* ``output``         a command's result: its table on stdout, its JSON with ``--out``
 * ``lm_eval``        lm-eval's own CLI with our model registered (public: ``python -m lightning_redllm.lm_eval``)
 
 Nothing below this layer imports it; the study is run from here by name.

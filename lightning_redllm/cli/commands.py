@@ -13,9 +13,10 @@ from typing import Sequence
 import torch
 
 from ..generate import SamplingOptions, generate_text
-from ..modules.checkpoint import model_from_checkpoint, save_safetensors
 from ..generate.load import load_for_inference  # noqa: F401  (also re-exported: users and tests import it here)
+from ..modules.checkpoint import model_from_checkpoint, save_safetensors
 from ..scale.plan import plan_main
+from .output import print_and_save
 
 
 def generate_main(argv: Sequence[str]) -> int:
@@ -157,11 +158,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
                               max_sequences=max_sequences or None, prefix_len=a.prefix_len,
                               tokenizer_fingerprint=tok.fingerprint)
     res.update({"ckpt": str(a.ckpt), "family": cfg.family, "shards": str(shards)})
-    print(format_table(res))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=2))
-        print(f"wrote {a.out}")
+    print_and_save(format_table(res), res, a.out)
     return 0
 
 

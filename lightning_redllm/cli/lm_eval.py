@@ -15,10 +15,11 @@ so the subcommand imports lm-eval only in that mode.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
+
+from .output import print_and_save
 
 
 def quiet_git_probe() -> None:
@@ -71,11 +72,7 @@ def evaluate_tasks(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     quiet_git_probe()
     res = run_lm_eval(a.ckpt, tasks, a.num_fewshot, limit=a.limit, batch_size=a.batch_size, device=a.device,
                       include_path=a.include_path, tokenizer=a.tokenizer)
-    print(format_lm_eval_table(res))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=2))
-        print(f"wrote {a.out}")
+    print_and_save(format_lm_eval_table(res), res, a.out)
     return 0
 
 

@@ -56,15 +56,13 @@ def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], *, bos_id: 
     return _finish(tokens, eos_id)
 
 
-def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos,
-                     progress) -> torch.Tensor:
-    device = model.embed.weight.device
-    ids, mask, prefix = _left_padded(model, prompts, bos_id, pad_id, add_bos)
-    b, p_len = ids.shape
-    done = torch.zeros(b, dtype=torch.bool, device=device)
+def _eager_loop(logits: torch.Tensor, advance: Callable[[torch.Tensor], torch.Tensor], opts: SamplingOptions, gen,
+                eos_id: Optional[int], pad_id: int, progress) -> torch.Tensor:
+    """The eager decoding loop of both families: sample the next tokens, mark finished rows (padding
+    them from then on), report progress, stop when every row is done or the budget is spent.
+    ``advance(next_tokens)`` feeds the tokens to the model and returns the next step's logits."""
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     out = []
-    cache = model.init_cache(b, p_len + opts.max_new_tokens) if use_cache else None
-    logits = model(ids, attention_mask=mask, prefix_lengths=prefix, cache=cache, return_logits="last").logits[:, -1]
     for step in range(opts.max_new_tokens):
         nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
         out.append(nxt)
@@ -72,13 +70,26 @@ def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
             progress(step + 1)
         if bool(done.all()) or step == opts.max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.bool, device=device)], dim=1)
-        if use_cache:
-            logits = model(nxt.unsqueeze(1), attention_mask=mask, cache=cache, return_logits="last").logits[:, -1]
-        else:
-            ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
-            logits = model(ids, attention_mask=mask, prefix_lengths=prefix, return_logits="last").logits[:, -1]
+        logits = advance(nxt)
     return torch.stack(out, dim=1)
+
+
+def _generate_decllm(model: DecLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen, add_bos,
+                     progress) -> torch.Tensor:
+    ids, mask, prefix = _left_padded(model, prompts, bos_id, pad_id, add_bos)
+    b, p_len = ids.shape
+    cache = model.init_cache(b, p_len + opts.max_new_tokens) if use_cache else None
+    logits = model(ids, attention_mask=mask, prefix_lengths=prefix, cache=cache, return_logits="last").logits[:, -1]
+
+    def advance(nxt: torch.Tensor) -> torch.Tensor:
+        nonlocal ids, mask
+        mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.bool, device=mask.device)], dim=1)
+        if use_cache:
+            return model(nxt.unsqueeze(1), attention_mask=mask, cache=cache, return_logits="last").logits[:, -1]
+        ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
+        return model(ids, attention_mask=mask, prefix_lengths=prefix, return_logits="last").logits[:, -1]
+
+    return _eager_loop(logits, advance, opts, gen, eos_id, pad_id, progress)
 
 
 def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_cache, gen,
@@ -88,24 +99,18 @@ def _generate_redllm(model: RedLLM, prompts, bos_id, eos_id, pad_id, opts, use_c
     b = enc_ids.shape[0]
     enc = model.encode(enc_ids, lengths)
     dec = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
     cache = model.init_cache(b, opts.max_new_tokens + 1) if use_cache else None
     # decode through forward (not .decode): sharding wrappers gather the tied head for forward
     logits = model(None, dec, encoder_outputs=enc, cache=cache, return_logits="last").logits[:, -1]
-    out = []
-    for step in range(opts.max_new_tokens):
-        nxt, done = _step_done(sample_next(logits, opts, gen), done, eos_id, pad_id)
-        out.append(nxt)
-        if progress is not None:
-            progress(step + 1)
-        if bool(done.all()) or step == opts.max_new_tokens - 1:
-            break
+
+    def advance(nxt: torch.Tensor) -> torch.Tensor:
+        nonlocal dec
         if use_cache:
-            logits = model(None, nxt.unsqueeze(1), encoder_outputs=enc, cache=cache, return_logits="last").logits[:, -1]
-        else:
-            dec = torch.cat([dec, nxt.unsqueeze(1)], dim=1)
-            logits = model(None, dec, encoder_outputs=enc, return_logits="last").logits[:, -1]
-    return torch.stack(out, dim=1)
+            return model(None, nxt.unsqueeze(1), encoder_outputs=enc, cache=cache, return_logits="last").logits[:, -1]
+        dec = torch.cat([dec, nxt.unsqueeze(1)], dim=1)
+        return model(None, dec, encoder_outputs=enc, return_logits="last").logits[:, -1]
+
+    return _eager_loop(logits, advance, opts, gen, eos_id, pad_id, progress)
 
 
 def generate_text(model: LanguageModel, tokenizer, prompts: Sequence[str], *,
